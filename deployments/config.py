@@ -1,0 +1,105 @@
+"""Typed application config: the ``args`` of ``serve_app:build_app`` in ``serve_config.yaml``.
+
+Every field has a description; unknown keys are errors, so a typo fails at ``serve run`` time
+with the path of the field instead of being ignored. Replicas, autoscaling, ``num_cpus`` and
+``max_ongoing_requests`` live in the YAML's ``deployments:`` section (Ray Serve's own schema);
+deployments are named ``llm-<id>``, ``embed-<id>`` and ``Ingress``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _ModelConfig(_Config):
+    id: str = Field(description="Model id clients send in `model` and see in /v1/models.")
+    source: str = Field(
+        description="Weights: a local Hugging Face folder, a hub id, or `pkg:<package>/<path>` "
+        "for weights shipped in an installed Python package (GGUF files are prepared once)."
+    )
+    aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
+    owned_by: str = Field("local", description="`owned_by` shown in /v1/models.")
+
+    @field_validator("id", "aliases")
+    @classmethod
+    def _valid_ids(cls, value):
+        for item in [value] if isinstance(value, str) else value:
+            if not _ID.match(item):
+                raise ValueError(f"{item!r} is not a valid model id (letters, digits, . _ - /)")
+        return value
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+class LLMConfig(_ModelConfig):
+    """A chat / completions model served by one LLM deployment."""
+
+    engine: Literal["hf"] = Field("hf", description="Generation engine: `hf` (transformers).")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weight and compute dtype (bfloat16 is right for AVX-512 CPUs)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (prompt + completion); default: the model's own."
+    )
+    max_batch_size: int = Field(32, ge=1, le=512, description="Requests decoded together per step.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads in the replica (Ray sets 1 unless told)."
+    )
+    stream_interval_ms: float = Field(
+        50.0,
+        ge=0,
+        description="Streamed tokens produced within this window travel as one message through "
+        "Ray (the first at once); 0 sends every token on its own.",
+    )
+
+
+class EmbeddingConfig(_ModelConfig):
+    """An embedding model served by one embedding deployment (sentence-transformers)."""
+
+    max_batch_size: int = Field(64, ge=1, description="Inputs encoded together across requests.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long a batch waits for more requests before it runs."
+    )
+    truncate: bool = Field(
+        False, description="Truncate inputs longer than the model's window instead of a 400."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads in the replica.")
+
+
+class AppConfig(_Config):
+    """All models of one application."""
+
+    llms: list[LLMConfig] = Field(default_factory=list, description="Chat / completions models.")
+    embeddings: list[EmbeddingConfig] = Field(default_factory=list, description="Embedding models.")
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        seen: dict[str, str] = {}
+        for kind, models in (("llms", self.llms), ("embeddings", self.embeddings)):
+            for i, model in enumerate(models):
+                for name in model.names:
+                    if name in seen:
+                        raise ValueError(f"{kind}[{i}]: model id {name!r} is already used by {seen[name]}")
+                    seen[name] = f"{kind}[{i}]"
+        if not seen:
+            raise ValueError("configure at least one model under `llms` or `embeddings`")
+        return self
+
+
+def llm_deployment_name(model_id: str) -> str:
+    return "llm-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_id)
+
+
+def embedding_deployment_name(model_id: str) -> str:
+    return "embed-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_id)

@@ -1,0 +1,159 @@
+"""The embedding model server: OpenAI ``/v1/embeddings`` on sentence-transformers.
+
+Concurrent requests are encoded together: each request's inputs join one batch, sized in
+*inputs* (not requests) by the model's ``max_batch_size`` and closed after
+``batch_wait_timeout_s``. Encoding runs in a worker thread so the event loop keeps accepting
+requests while a batch computes.
+
+The batcher is a small class of its own rather than Ray Serve's ``@serve.batch``: that decorator
+needs a replica context (it fails in-process, where the fast tests run this server) and counts
+requests, while a request here may carry 1 or 2048 inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from deployments import protocol
+from deployments.config import EmbeddingConfig
+from deployments.errors import invalid, unsupported
+from deployments.protocol import EmbeddingRequest
+
+logger = logging.getLogger("ray.serve")
+
+
+class EmbeddingServer:
+    async def __init__(self, config: EmbeddingConfig) -> None:
+        from deployments import model_store
+
+        self.config = config
+        self.created = int(time.time())
+        started = time.monotonic()
+        path = model_store.resolve(config.source)
+        self.model = await asyncio.to_thread(self._load, path)
+        self.tokenizer = self.model.tokenizer
+        self.max_tokens = int(self.model.max_seq_length)
+        self.dimensions = int(self.model.get_embedding_dimension())
+        self.batcher = Batcher(self._encode, config.max_batch_size, config.batch_wait_timeout_s)
+        logger.info("Embedding model %s ready (%d dims) in %.1f s", config.id, self.dimensions, time.monotonic() - started)
+
+    def _load(self, path: str):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
+        return SentenceTransformer(path, device="cpu")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.config.id,
+            "created": self.created,
+            "owned_by": self.config.owned_by,
+            "aliases": self.config.aliases,
+            "capabilities": ["embeddings"],
+            "context_length": self.max_tokens,
+            "dimensions": self.dimensions,
+            "engine": "sentence-transformers",
+            "long_inputs": "truncate" if self.config.truncate else "reject with 400",
+        }
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve periodically; a raise gets the replica replaced."""
+        if self.batcher._task is not None and self.batcher._task.done() and not self.batcher._task.cancelled():
+            raise RuntimeError(f"embedding batcher stopped: {self.batcher._task.exception()!r}")
+
+    async def stats(self) -> dict[str, int]:
+        await self.check_health()
+        return {"queued": self.batcher.queue.qsize()}
+
+    async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
+        if req.dimensions is not None and req.dimensions != self.dimensions:
+            raise unsupported("dimensions", f"model {self.config.id!r} gives {self.dimensions}-dimensional vectors only")
+        texts = [item if isinstance(item, str) else self._detokenize(item, i) for i, item in enumerate(req.inputs())]
+        counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        for i, count in enumerate(counts):
+            if count > self.max_tokens and not self.config.truncate:
+                raise invalid(
+                    f"input[{i}] has {count} tokens; model {self.config.id!r} takes at most "
+                    f"{self.max_tokens} per input.",
+                    "input",
+                    "context_length_exceeded",
+                )
+        vectors = await self.batcher.submit(texts)
+        used = sum(min(c, self.max_tokens) for c in counts)
+        return protocol.embedding_list(req.model, vectors, req.encoding_format, used)
+
+    def _detokenize(self, ids: list[int], index: int) -> str:
+        vocab = len(self.tokenizer)
+        if any(not 0 <= t < vocab for t in ids):
+            raise invalid(f"input[{index}] has token ids outside the vocabulary [0, {vocab}).", "input")
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True).astype(np.float32)
+
+
+class Batcher:
+    """Joins concurrent ``submit(items)`` calls into batches of at most ``max_items`` items.
+
+    One batch runs at a time, in a worker thread; requests arriving meanwhile queue up and form
+    the next batch, so under load batches fill without waiting. A request larger than
+    ``max_items`` is split across batches.
+    """
+
+    def __init__(self, fn, max_items: int, wait_s: float) -> None:
+        self.fn = fn
+        self.max_items = max_items
+        self.wait_s = wait_s
+        self.queue: asyncio.Queue[tuple[list, asyncio.Future]] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, items: list) -> np.ndarray:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        parts = []
+        for start in range(0, len(items), self.max_items):
+            future = asyncio.get_running_loop().create_future()
+            await self.queue.put((items[start : start + self.max_items], future))
+            parts.append(future)
+        return np.concatenate(await asyncio.gather(*parts))
+
+    async def _run(self) -> None:
+        carry: tuple[list, asyncio.Future] | None = None
+        while True:
+            batch = [carry or await self.queue.get()]
+            carry = None
+            size = len(batch[0][0])
+            deadline = asyncio.get_running_loop().time() + self.wait_s
+            while size < self.max_items:
+                remaining = deadline - asyncio.get_running_loop().time()
+                try:
+                    item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if size + len(item[0]) > self.max_items:
+                    carry = item
+                    break
+                batch.append(item)
+                size += len(item[0])
+            batch = [(items, fut) for items, fut in batch if not fut.cancelled()]
+            if not batch:
+                continue
+            try:
+                vectors = await asyncio.to_thread(self.fn, [x for items, _ in batch for x in items])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            start = 0
+            for items, fut in batch:
+                if not fut.done():
+                    fut.set_result(vectors[start : start + len(items)])
+                start += len(items)

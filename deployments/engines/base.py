@@ -1,0 +1,93 @@
+"""The one engine interface every LLM backend implements.
+
+An engine turns prompt token ids into generated token ids, step by step, for many requests at
+once. It knows nothing of HTTP, chat templates, stop *strings* or the OpenAI protocol: the model
+server (``deployments/llm_server.py``) does detokenisation and stop strings once, for all engines,
+so both engines share one definition of them.
+
+Closing the async iterator returned by :meth:`Engine.generate` (``aclose()``, or the consumer being
+cancelled) aborts the request inside the engine and frees its batch slot.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+
+@dataclass
+class SamplingParams:
+    """OpenAI sampling semantics, in engine terms (token ids, not strings)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 or -1: off
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token plus the k likeliest
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token id, logprob), likeliest first
+
+
+@dataclass
+class GenerationChunk:
+    """New tokens of one request since the previous chunk."""
+
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None  # "stop" (EOS or stop token) | "length" | None
+
+
+@dataclass
+class EngineInfo:
+    """What an engine reports about itself (shown in ``/v1/models/{id}``)."""
+
+    engine: str
+    reason: str
+    max_model_len: int
+    dtype: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A generation backend. Create it, ``await start()``, then ``generate`` concurrently."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model; raise if it cannot be served here."""
+
+    @abc.abstractmethod
+    def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream the request's new tokens; the last chunk has a ``finish_reason``."""
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise if the engine can no longer serve (Ray Serve then replaces the replica)."""
+
+    @abc.abstractmethod
+    def info(self) -> EngineInfo:
+        """Engine name, why it was chosen, context length, dtype."""
+
+    def stats(self) -> dict[str, int]:
+        """Requests ``running`` and ``waiting`` inside the engine, and ``peak_running`` (the
+        largest number decoded together so far)."""
+        return {"running": 0, "waiting": 0, "peak_running": 0}
+
+    async def shutdown(self) -> None:
+        """Release the model."""

@@ -1,0 +1,353 @@
+"""The LLM model server: OpenAI chat and legacy completions on top of one :class:`Engine`.
+
+This class is the body of each LLM deployment (``deployments/deployment.py`` wraps it for Ray
+Serve) and runs in-process in the fast tests. It owns what is the same for every engine:
+chat templates, context-length checks, turning OpenAI parameters into :class:`SamplingParams`,
+detokenisation, stop strings, ``n`` choices, logprobs formatting, usage counts and the
+streamed chunk sequence. Streams leave here already formatted as SSE text, several events per
+message, so the hops behind it (Ray, the ingress, the HTTP proxy) carry few, small messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator
+
+from deployments import protocol, sse
+from deployments.config import LLMConfig
+from deployments.engines.base import Engine, SamplingParams, TokenLogprob
+from deployments.errors import APIError, ErrorKind, invalid
+from deployments.protocol import ChatCompletionRequest, CompletionRequest
+from deployments.text import IncrementalDetokenizer, StopChecker
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class ChoiceDelta:
+    """New output of one choice: text, the tokens behind it, and how it ended (if it did)."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None
+
+
+class LLMServer:
+    """Serves one model. ``engine`` is created by :func:`deployments.engines.create_engine`."""
+
+    async def __init__(self, config: LLMConfig, engine: Engine | None = None) -> None:
+        if engine is None:
+            from deployments.engines import create_engine
+
+            engine = create_engine(config)
+        self.config = config
+        self.engine = engine
+        started = time.monotonic()
+        await engine.start()
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.info().max_model_len
+        self.vocab_size = getattr(self.tokenizer, "vocab_size", None)
+        self.created = int(time.time())
+        logger.info("Model %s ready on engine %s in %.1f s", config.id, engine.info().engine, time.monotonic() - started)
+
+    # ------------------------------------------------------------------ metadata / health
+    def info(self) -> dict[str, Any]:
+        info = self.engine.info()
+        return {
+            "id": self.config.id,
+            "created": self.created,
+            "owned_by": self.config.owned_by,
+            "aliases": self.config.aliases,
+            "capabilities": ["chat.completions", "completions"],
+            "context_length": info.max_model_len,
+            "engine": info.engine,
+            "engine_reason": info.reason,
+            "dtype": info.dtype,
+            **info.extra,
+        }
+
+    async def stats(self) -> dict[str, int]:
+        """Engine load (running, waiting, peak_running); raises if the engine is unhealthy."""
+        await self.engine.check_health()
+        return self.engine.stats()
+
+    async def check_health(self) -> None:
+        """Called by Ray Serve periodically; a raise gets the replica replaced."""
+        await self.engine.check_health()
+
+    # ------------------------------------------------------------------ chat
+    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        prompt, params, stops = self._prepare_chat(req)
+        rid = protocol.new_id("chatcmpl")
+        texts, finishes, logprobs, produced = await self._collect(rid, prompt, params, stops, req.n or 1)
+        choices = [
+            protocol.chat_choice(i, texts[i], finishes[i], self._chat_logprobs(logprobs[i]) if req.logprobs else None)
+            for i in range(len(texts))
+        ]
+        return protocol.chat_completion(rid, protocol.now(), req.model, choices, protocol.usage(len(prompt), produced))
+
+    async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+        prompt, params, stops = self._prepare_chat(req)
+        rid, created, model, n = protocol.new_id("chatcmpl"), protocol.now(), req.model, req.n or 1
+
+        def chunk(choices, usage=None) -> str:
+            return sse.event(protocol.chat_chunk(rid, created, model, choices, usage))
+
+        async def events() -> AsyncIterator[str]:
+            yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
+            produced = 0
+            async with aclosing(self._choices(rid, prompt, params, stops, n)) as deltas:
+                async for d in deltas:
+                    produced += len(d.token_ids)
+                    lp = self._chat_logprobs(d.logprobs) if req.logprobs else None
+                    if d.text or lp:
+                        yield chunk([protocol.chat_chunk_choice(d.index, {"content": d.text}, None, lp)])
+                    if d.finish_reason:
+                        yield chunk([protocol.chat_chunk_choice(d.index, {}, d.finish_reason)])
+            if req.include_usage:
+                yield chunk([], protocol.usage(len(prompt), produced))
+            yield sse.DONE
+
+        async with aclosing(self._coalesce(events())) as messages:
+            async for message in messages:
+                yield message
+
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, list[str]]:
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": protocol.message_text(m.content)}
+            for m in req.messages
+        ]
+        try:
+            prompt = self.tokenizer.chat_prompt(messages)
+        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
+            raise invalid(f"The model's chat template rejected these messages: {exc}", "messages") from exc
+        params = self._sampling(req, len(prompt), req.max_new_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
+        if req.logprobs:
+            params.logprobs = req.top_logprobs or 0
+        return prompt, params, req.stop_list
+
+    def _chat_logprobs(self, items: list[TokenLogprob] | None) -> list[dict[str, Any]]:
+        def entry(token_id: int, logprob: float) -> dict[str, Any]:
+            text = self.tokenizer.token_text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        return [
+            {**entry(item.token_id, item.logprob), "top_logprobs": [entry(t, lp) for t, lp in item.top]}
+            for item in items or []
+        ]
+
+    # ------------------------------------------------------------------ legacy completions
+    async def completion(self, req: CompletionRequest) -> dict[str, Any]:
+        rid, n = protocol.new_id("cmpl"), req.n or 1
+        prepared = [self._prepare_completion(req, p, i) for i, p in enumerate(req.prompts())]
+        results = await asyncio.gather(
+            *(self._collect(f"{rid}-{i}", prompt, params, req.stop_list, n) for i, (prompt, params) in enumerate(prepared))
+        )
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for p_index, ((prompt, _), (texts, finishes, logprobs, produced)) in enumerate(zip(prepared, results)):
+            prompt_tokens += len(prompt)
+            completion_tokens += produced
+            echo = self.tokenizer.decode(prompt) if req.echo else ""
+            for j in range(n):
+                lp = self._completion_logprobs(logprobs[j], len(echo)) if req.logprobs is not None else None
+                choices.append(protocol.completion_choice(p_index * n + j, echo + texts[j], finishes[j], lp))
+        return protocol.text_completion(
+            rid, protocol.now(), req.model, choices, protocol.usage(prompt_tokens, completion_tokens)
+        )
+
+    async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
+        rid, created, model, n = protocol.new_id("cmpl"), protocol.now(), req.model, req.n or 1
+        prepared = [self._prepare_completion(req, p, i) for i, p in enumerate(req.prompts())]
+
+        def chunk(choices, usage=None) -> str:
+            return sse.event(protocol.text_completion(rid, created, model, choices, usage))
+
+        async def one_prompt(p_index: int, prompt: list[int], params: SamplingParams) -> AsyncIterator[tuple[int, ChoiceDelta]]:
+            async with aclosing(self._choices(f"{rid}-{p_index}", prompt, params, req.stop_list, n)) as deltas:
+                async for d in deltas:
+                    yield p_index, d
+
+        async def events() -> AsyncIterator[str]:
+            produced = 0
+            offsets = [0] * (len(prepared) * n)
+            streams = [one_prompt(i, prompt, params) for i, (prompt, params) in enumerate(prepared)]
+            async with aclosing(merge(streams)) as deltas:
+                async for p_index, d in deltas:
+                    index = p_index * n + d.index
+                    produced += len(d.token_ids)
+                    lp = self._completion_logprobs(d.logprobs, offsets[index]) if req.logprobs is not None else None
+                    offsets[index] += len(d.text)
+                    if d.text or lp or d.finish_reason:
+                        yield chunk([protocol.completion_choice(index, d.text, d.finish_reason, lp)])
+            if req.include_usage:
+                yield chunk([], protocol.usage(sum(len(p) for p, _ in prepared), produced))
+            yield sse.DONE
+
+        async with aclosing(self._coalesce(events())) as messages:
+            async for message in messages:
+                yield message
+
+    def _prepare_completion(self, req: CompletionRequest, prompt: str | list[int], index: int) -> tuple[list[int], SamplingParams]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            if self.vocab_size is not None and any(not 0 <= t < self.vocab_size for t in ids):
+                raise invalid(f"Prompt token ids must be in [0, {self.vocab_size}).", "prompt")
+        if not ids:
+            raise invalid("The prompt is empty.", "prompt")
+        params = self._sampling(req, len(ids), req.max_tokens, "max_tokens")
+        if req.logprobs is not None:
+            params.logprobs = req.logprobs
+        return ids, params
+
+    def _completion_logprobs(self, items: list[TokenLogprob] | None, offset: int) -> dict[str, Any]:
+        tokens, token_logprobs, top, offsets = [], [], [], []
+        for item in items or []:
+            text = self.tokenizer.token_text(item.token_id)
+            tokens.append(text)
+            token_logprobs.append(item.logprob)
+            top.append({self.tokenizer.token_text(t): lp for t, lp in item.top})
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+    # ------------------------------------------------------------------ shared generation path
+    def _sampling(self, req, prompt_len: int, max_new: int | None, max_param: str) -> SamplingParams:
+        """OpenAI parameters -> engine parameters, with the context-length check."""
+        room = self.max_model_len - prompt_len
+        if room < 1 or (max_new is not None and max_new > room):
+            asked = f" + {max_new} requested completion tokens" if max_new else ""
+            raise APIError(
+                ErrorKind.CONTEXT_LENGTH,
+                f"This model's maximum context length is {self.max_model_len} tokens. "
+                f"The request has {prompt_len} prompt tokens{asked}; reduce the prompt or {max_param}.",
+                param="messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+            )
+        bias: dict[int, float] = {}
+        for key, value in (req.logit_bias or {}).items():
+            token = int(key)
+            if self.vocab_size is not None and not 0 <= token < self.vocab_size:
+                raise invalid(f"logit_bias token id {token} is outside the vocabulary [0, {self.vocab_size}).", "logit_bias")
+            bias[token] = float(value)
+        temperature = 1.0 if req.temperature is None else req.temperature
+        return SamplingParams(
+            max_tokens=room if max_new is None else max_new,
+            temperature=temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            min_p=req.min_p or 0.0,
+            seed=req.seed,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0,
+            logit_bias=bias,
+            stop_token_ids=list(req.stop_token_ids or []),
+            ignore_eos=bool(req.ignore_eos),
+            min_tokens=req.min_tokens or 0,
+        )
+
+    async def _collect(
+        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int
+    ) -> tuple[list[str], list[str], list[list[TokenLogprob]], int]:
+        """Run ``n`` choices to the end: texts, finish reasons, logprobs, completion tokens."""
+        texts = [""] * n
+        finishes = ["stop"] * n
+        logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
+        produced = 0
+        async with aclosing(self._choices(rid, prompt, params, stops, n)) as deltas:
+            async for d in deltas:
+                texts[d.index] += d.text
+                produced += len(d.token_ids)
+                logprobs[d.index].extend(d.logprobs or [])
+                if d.finish_reason:
+                    finishes[d.index] = d.finish_reason
+        return texts, finishes, logprobs, produced
+
+    def _choices(
+        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int
+    ) -> AsyncIterator[ChoiceDelta]:
+        if n == 1:
+            return self._choice(0, rid, prompt, params, stops)
+        streams = []
+        for i in range(n):
+            # n choices from one seed must differ from each other and still be reproducible.
+            seed = None if params.seed is None else params.seed + i
+            streams.append(self._choice(i, f"{rid}-{i}", prompt, replace(params, seed=seed), stops))
+        return merge(streams)
+
+    async def _choice(
+        self, index: int, rid: str, prompt: list[int], params: SamplingParams, stops: list[str]
+    ) -> AsyncIterator[ChoiceDelta]:
+        detok = IncrementalDetokenizer(self.tokenizer)
+        stopper = StopChecker(stops)
+        stream = self.engine.generate(rid, prompt, params)
+        try:
+            async for chunk in stream:
+                text = detok.add(chunk.token_ids)
+                if chunk.finish_reason:
+                    text += detok.flush()
+                emit, stopped = stopper.feed(text)
+                if stopped:
+                    yield ChoiceDelta(index, emit, chunk.token_ids, chunk.logprobs, "stop")
+                    return
+                if chunk.finish_reason:
+                    yield ChoiceDelta(index, emit + stopper.flush(), chunk.token_ids, chunk.logprobs, chunk.finish_reason)
+                    return
+                yield ChoiceDelta(index, emit, chunk.token_ids, chunk.logprobs, None)
+        finally:
+            await stream.aclose()  # aborts the engine request if it is still running
+
+    async def _coalesce(self, messages: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Join SSE events produced within ``stream_interval_ms`` into one message."""
+        interval = self.config.stream_interval_ms / 1000.0
+        buffer: list[str] = []
+        last = 0.0
+        async with aclosing(messages):
+            async for message in messages:
+                buffer.append(message)
+                t = time.monotonic()
+                if t - last >= interval:
+                    yield "".join(buffer)
+                    buffer.clear()
+                    last = t
+        if buffer:
+            yield "".join(buffer)
+
+
+async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
+    """Items of several async iterators as they come; closing the merge closes them all."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(stream: AsyncIterator) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    await queue.put(item)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer
+            await queue.put(exc)
+        finally:
+            await queue.put(done)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Shared fixtures. The whole-graph fixture starts the real application once per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = float(os.environ.get("GRAPH_STARTUP_TIMEOUT_S", "300"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServeApp:
+    """``serve run <config>`` in a subprocess, as a user runs it; stopped with Ctrl-C."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", str(config_path)],
+            cwd=REPO,
+            env=env,
+            stdout=open(log_path, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = httpx.get(self.base_url + "/health", timeout=5)
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"the app was not healthy within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def start_app(config_file: str, tmp: Path, tweak=None) -> ServeApp:
+    """Start ``config_file`` from the repo on a free port (optionally edited by ``tweak``)."""
+    config = yaml.safe_load((REPO / config_file).read_text())
+    port = free_port()
+    config.setdefault("http_options", {})["port"] = port
+    if tweak:
+        tweak(config)
+    path = tmp / f"{Path(config_file).stem}-test.yaml"
+    path.write_text(yaml.safe_dump(config))
+    app = ServeApp(path, port, tmp / f"{Path(config_file).stem}-serve.log")
+    try:
+        app.wait_ready(STARTUP_TIMEOUT_S)
+    except BaseException:
+        app.stop()
+        raise
+    return app
+
+
+@pytest.fixture(scope="session")
+def graph():
+    """The main application (``serve_config.yaml``) with the real default models."""
+    tmp = Path(tempfile.mkdtemp(prefix="graph-"))
+    app = start_app("serve_config.yaml", tmp)
+    yield app
+    app.stop()

@@ -1,0 +1,179 @@
+"""Unit tests: request validation, error bodies, SSE formatting, stop strings, detokenisation."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import struct
+
+import pytest
+from pydantic import ValidationError
+
+from deployments import protocol, sse
+from deployments.engines.tokenizer import ByteTokenizer
+from deployments.errors import APIError, ErrorKind
+from deployments.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from deployments.text import IncrementalDetokenizer, StopChecker
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def error_for(model, payload) -> APIError:
+    try:
+        model.model_validate(payload)
+    except ValidationError as exc:
+        return protocol.validation_error(exc)
+    except APIError as exc:
+        return exc
+    raise AssertionError(f"{payload} was accepted")
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": -0.1}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": "ten"}, "max_completion_tokens"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"logit_bias": {"12": 101}}, "logit_bias"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content[0].type"),
+        ({"frobnicate": True}, "frobnicate"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+    ],
+)
+def test_chat_request_errors_name_the_parameter(change, param):
+    error = error_for(ChatCompletionRequest, {**CHAT, **change})
+    assert error.status == 400
+    assert error.param == param
+    body = error.body()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    assert body["type"] == "invalid_request_error"
+
+
+def test_unsupported_parameter_has_its_own_code():
+    error = error_for(ChatCompletionRequest, {**CHAT, "tools": [{"type": "function"}]})
+    assert error.code == "unsupported_parameter"
+    assert "tools" in error.message
+
+
+def test_missing_model_is_named():
+    error = error_for(ChatCompletionRequest, {"messages": CHAT["messages"]})
+    assert error.param == "model" and error.code == "missing_required_parameter"
+
+
+def test_top_level_user_field_is_a_parameter_not_a_role_tag():
+    error = error_for(ChatCompletionRequest, {**CHAT, "user": 5})
+    assert error.param == "user"
+
+
+def test_valid_chat_request_keeps_values():
+    req = ChatCompletionRequest.model_validate(
+        {**CHAT, "stop": "x", "max_completion_tokens": 5, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    assert req.stop_list == ["x"] and req.max_new_tokens == 5 and req.include_usage
+
+
+def test_content_parts_are_joined():
+    req = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    )
+    assert protocol.message_text(req.messages[0].content) == "ab"
+
+
+def test_completion_prompt_forms():
+    assert CompletionRequest(model="m", prompt="x").prompts() == ["x"]
+    assert CompletionRequest(model="m", prompt=["x", "y"]).prompts() == ["x", "y"]
+    assert CompletionRequest(model="m", prompt=[1, 2]).prompts() == [[1, 2]]
+    assert CompletionRequest(model="m", prompt=[[1], [2, 3]]).prompts() == [[1], [2, 3]]
+    assert error_for(CompletionRequest, {"model": "m", "prompt": "x", "suffix": "y"}).param == "suffix"
+
+
+def test_embedding_inputs_and_errors():
+    assert EmbeddingRequest(model="m", input="a").inputs() == ["a"]
+    assert EmbeddingRequest(model="m", input=["a", "b"]).inputs() == ["a", "b"]
+    assert error_for(EmbeddingRequest, {"model": "m", "input": ""}).param == "input"
+    assert error_for(EmbeddingRequest, {"model": "m", "input": "a", "encoding_format": "hex"}).param == "encoding_format"
+
+
+def test_api_error_survives_pickling_with_all_fields():
+    error = APIError(ErrorKind.RATE_LIMITED, "slow down", param="model", retry_after=3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.kind, copy.message, copy.param, copy.code, copy.headers()) == (
+        ErrorKind.RATE_LIMITED, "slow down", "model", "rate_limit_exceeded", {"Retry-After": "3"}
+    )
+
+
+def test_error_kinds_are_distinct():
+    assert len({k.name for k in ErrorKind}) == len(list(ErrorKind))
+    assert ErrorKind.UNSUPPORTED_PARAMETER is not ErrorKind.INVALID_REQUEST
+
+
+def test_sse_event_and_done():
+    text = sse.event({"a": "é"})
+    assert text == 'data: {"a":"é"}\n\n'
+    assert sse.error_then_done({"error": {"message": "x"}}).endswith("data: [DONE]\n\n")
+    assert json.loads(text[len("data: "):]) == {"a": "é"}
+
+
+def test_base64_embeddings_are_little_endian_float32():
+    out = protocol.embedding_list("m", [[1.0, -2.5]], "base64", 3)
+    raw = base64.b64decode(out["data"][0]["embedding"])
+    assert struct.unpack("<2f", raw) == (1.0, -2.5)
+    assert out["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+
+
+# --------------------------------------------------------------------------- stop strings
+def run_stops(stops, deltas):
+    checker = StopChecker(stops)
+    out, stopped = "", False
+    for d in deltas:
+        emit, stopped = checker.feed(d)
+        out += emit
+        if stopped:
+            return out, True
+    return out + checker.flush(), False
+
+
+@pytest.mark.parametrize(
+    "stops, deltas, expected",
+    [
+        (["END"], ["hello E", "N", "D and more"], ("hello ", True)),
+        (["END"], ["hello EN", "X"], ("hello ENX", False)),
+        (["\n\n", "###"], ["a\n", "\nb"], ("a", True)),
+        (["###"], ["a#", "#", "b"], ("a##b", False)),
+        (["ab", "b"], ["xab"], ("x", True)),
+        ([], ["free", "text"], ("freetext", False)),
+    ],
+)
+def test_stop_strings_across_chunk_boundaries(stops, deltas, expected):
+    assert run_stops(stops, deltas) == expected
+
+
+def test_stop_checker_holds_back_only_possible_prefixes():
+    checker = StopChecker(["STOP"])
+    assert checker.feed("abc ST") == ("abc ", False)
+    assert checker.pending == "ST"
+
+
+# --------------------------------------------------------------------------- detokeniser
+def test_incremental_detokenizer_waits_for_whole_characters():
+    tok = ByteTokenizer()
+    detok = IncrementalDetokenizer(tok)
+    ids = tok.encode("Paris → é")
+    pieces = [detok.add([i]) for i in ids]
+    assert "".join(pieces) + detok.flush() == "Paris → é"
+    assert all("\ufffd" not in p for p in pieces)
+    # the arrow is 3 bytes: nothing is emitted for its first two
+    arrow = ids.index(0xE2)
+    assert pieces[arrow] == "" and pieces[arrow + 1] == "" and pieces[arrow + 2] == "→"
