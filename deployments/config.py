@@ -9,7 +9,7 @@ deployments are named ``llm-<id>``, ``embed-<id>`` and ``Ingress``.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -45,7 +45,21 @@ class _ModelConfig(_Config):
 class LLMConfig(_ModelConfig):
     """A chat / completions model served by one LLM deployment."""
 
-    engine: Literal["hf"] = Field("hf", description="Generation engine: `hf` (transformers).")
+    engine: Literal["auto", "vllm", "hf"] = Field(
+        "auto",
+        description="Generation engine: `vllm`, `hf` (transformers), or `auto`: vLLM when it imports "
+        "and starts on this machine, else transformers (the choice and its reason are logged and "
+        "shown in /v1/models/{id}).",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vLLM engine arguments passed through (e.g. enforce_eager, gpu_memory_utilization, "
+        "tensor_parallel_size, enable_prefix_caching).",
+    )
+    vllm_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for vLLM (e.g. VLLM_CPU_KVCACHE_SPACE in GiB), set before it starts.",
+    )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="Weight and compute dtype (bfloat16 is right for AVX-512 CPUs)."
     )
@@ -56,6 +70,12 @@ class LLMConfig(_ModelConfig):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads in the replica (Ray sets 1 unless told)."
     )
+    @model_validator(mode="after")
+    def _engine_options_fit(self):
+        if self.engine == "hf" and (self.engine_args or self.vllm_env):
+            raise ValueError("engine_args and vllm_env only apply to engine: vllm or auto")
+        return self
+
     stream_interval_ms: float = Field(
         50.0,
         ge=0,

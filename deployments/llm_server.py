@@ -39,17 +39,18 @@ class ChoiceDelta:
 
 
 class LLMServer:
-    """Serves one model. ``engine`` is created by :func:`deployments.engines.create_engine`."""
+    """Serves one model on the engine its config picks (or ``engine``, already built, in tests)."""
 
     async def __init__(self, config: LLMConfig, engine: Engine | None = None) -> None:
+        started = time.monotonic()
         if engine is None:
-            from deployments.engines import create_engine
+            from deployments.engines import start_engine
 
-            engine = create_engine(config)
+            engine = await start_engine(config)
+        else:
+            await engine.start()
         self.config = config
         self.engine = engine
-        started = time.monotonic()
-        await engine.start()
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.info().max_model_len
         self.vocab_size = getattr(self.tokenizer, "vocab_size", None)
@@ -290,7 +291,10 @@ class LLMServer:
         stream = self.engine.generate(rid, prompt, params)
         try:
             async for chunk in stream:
-                text = detok.add(chunk.token_ids)
+                visible = chunk.token_ids
+                if chunk.finish_reason == "stop" and visible and visible[-1] in params.stop_token_ids:
+                    visible = visible[:-1]  # like a stop string, a stop token is not part of the text
+                text = detok.add(visible)
                 if chunk.finish_reason:
                     text += detok.flush()
                 emit, stopped = stopper.feed(text)

@@ -2,24 +2,77 @@
 
 from __future__ import annotations
 
+import logging
+
 from deployments.config import LLMConfig
 from deployments.engines.base import Engine
 
+logger = logging.getLogger("ray.serve")
 
-def create_engine(config: LLMConfig) -> Engine:
-    """The engine a model's config asks for, loading from its resolved source."""
+
+class EngineUnavailable(RuntimeError):
+    """The configured engine cannot serve this model on this machine."""
+
+
+async def start_engine(config: LLMConfig) -> Engine:
+    """Create and start the engine the config asks for; ``auto`` falls back to transformers."""
     from deployments import model_store
 
     path = model_store.resolve(config.source, config.dtype)
-    if config.engine == "hf":
-        from deployments.engines.hf import HFEngine
+    if config.engine in ("vllm", "auto"):
+        from deployments.engines.vllm_engine import vllm_unavailable_reason
 
-        return HFEngine(
-            path,
-            dtype=config.dtype,
-            max_model_len=config.max_model_len,
-            max_batch_size=config.max_batch_size,
-            torch_threads=config.torch_threads,
-            reason="engine: hf in the config",
-        )
-    raise ValueError(f"unknown engine {config.engine!r}")
+        why_not = vllm_unavailable_reason()
+        if why_not is None:
+            reason = "engine: vllm in the config" if config.engine == "vllm" else "auto: vLLM imports and started here"
+            engine = _vllm(config, path, reason)
+            try:
+                await engine.start()
+                logger.info("Model %s: engine vllm (%s)", config.id, reason)
+                return engine
+            except Exception as exc:  # noqa: BLE001 - reported below, or the fallback's reason
+                await _quietly_shutdown(engine)
+                why_not = f"vLLM failed to start: {exc!r}"
+        if config.engine == "vllm":
+            raise EngineUnavailable(f"Model {config.id}: engine: vllm was asked for, but {why_not}")
+        reason = f"auto: fell back to transformers because {why_not}"
+    else:
+        reason = "engine: hf in the config"
+    engine = _hf(config, path, reason)
+    await engine.start()
+    logger.info("Model %s: engine hf (%s)", config.id, reason)
+    return engine
+
+
+def _hf(config: LLMConfig, path: str, reason: str) -> Engine:
+    from deployments.engines.hf import HFEngine
+
+    return HFEngine(
+        path,
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        max_batch_size=config.max_batch_size,
+        torch_threads=config.torch_threads,
+        reason=reason,
+    )
+
+
+def _vllm(config: LLMConfig, path: str, reason: str) -> Engine:
+    from deployments.engines.vllm_engine import VLLMEngine
+
+    return VLLMEngine(
+        path,
+        dtype=config.dtype,
+        max_model_len=config.max_model_len,
+        max_batch_size=config.max_batch_size,
+        engine_args=config.engine_args,
+        env=config.vllm_env,
+        reason=reason,
+    )
+
+
+async def _quietly_shutdown(engine: Engine) -> None:
+    try:
+        await engine.shutdown()
+    except Exception:  # noqa: BLE001 - it failed to start; nothing more to report
+        pass

