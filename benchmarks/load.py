@@ -1,0 +1,146 @@
+"""Streamed chat load with the official async openai client.
+
+``python -m benchmarks.load --base-url http://127.0.0.1:8000/v1 --model smollm2-vllm -c 1 8 32``
+
+Each request streams exactly ``--max-tokens`` new tokens (``ignore_eos``), from a fixed, seeded
+set of prompts of mixed lengths; every level runs ``--requests-per-level`` requests (at least
+the concurrency) with that many in flight. Reported per level: output tokens/s (all tokens over
+wall time), time to first token p50/p99, inter-token latency p50/p99 (gaps between content
+chunks, divided by the tokens they carry), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import openai
+
+TOPICS = ["the sea", "mountains", "a city at night", "an old library", "the history of bread", "a robot", "winter", "a lighthouse"]
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    """Mixed lengths: a short question, a paragraph-sized one, and a long context."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        kind = i % 3
+        if kind == 0:
+            out.append(f"Write about {topic}.")
+        elif kind == 1:
+            out.append(f"Here are some notes: {' '.join(rng.choice(TOPICS) for _ in range(20))}. Write a story about {topic}.")
+        else:
+            out.append("Summarise this text. " + " ".join(f"Sentence {j} is about {rng.choice(TOPICS)}." for j in range(40)))
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    errors: int
+    output_tokens: int
+    wall_s: float
+    tokens_per_s: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    itl_p50_ms: float
+    itl_p99_ms: float
+
+
+async def one_request(client, model: str, prompt: str, max_tokens: int, extra: dict) -> tuple[float, list[float], int]:
+    start = time.perf_counter()
+    ttft, last, gaps, tokens = None, None, [], 0
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra,
+    )
+    pieces = 0
+    async for chunk in stream:
+        now = time.perf_counter()
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        if chunk.choices and chunk.choices[0].delta.content:
+            if ttft is None:
+                ttft = now - start
+            elif last is not None:
+                gaps.append(now - last)
+            last = now
+            pieces += 1
+    # a message may carry several tokens (coalescing): spread each gap over what it carried
+    per_piece = max(1.0, (tokens - 1) / max(1, pieces - 1)) if pieces > 1 else 1.0
+    return ttft if ttft is not None else float("nan"), [g / per_piece for g in gaps], tokens
+
+
+async def run_level(client, model: str, concurrency: int, n_requests: int, max_tokens: int, extra: dict) -> LevelResult:
+    queue = list(enumerate(prompts(n_requests, seed=concurrency)))
+    ttfts, itls, tokens, errors = [], [], 0, 0
+
+    async def worker():
+        nonlocal tokens, errors
+        while queue:
+            _, prompt = queue.pop()
+            try:
+                ttft, gaps, n = await one_request(client, model, prompt, max_tokens, extra)
+                ttfts.append(ttft)
+                itls.extend(gaps)
+                tokens += n
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors += 1
+                print(f"  error: {exc!r}")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    return LevelResult(
+        concurrency, n_requests, errors, tokens, round(wall, 2), round(tokens / wall, 1),
+        round(pct(ttfts, 50), 3), round(pct(ttfts, 99), 3),
+        round(pct(itls, 50) * 1000, 1), round(pct(itls, 99) * 1000, 1),
+    )
+
+
+async def run(base_url: str, model: str, levels: list[int], max_tokens: int, requests_per_level: int, extra: dict) -> list[LevelResult]:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=600, max_retries=0)
+    await one_request(client, model, "warm up", 4, extra)
+    results = []
+    for c in levels:
+        r = await run_level(client, model, c, max(c, requests_per_level), max_tokens, extra)
+        print(f"  {model} c={c}: {r.tokens_per_s} tok/s, TTFT p50 {r.ttft_p50_s}s p99 {r.ttft_p99_s}s, ITL p50 {r.itl_p50_ms}ms, errors {r.errors}")
+        results.append(r)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests-per-level", type=int, default=32)
+    parser.add_argument("--no-ignore-eos", action="store_true", help="for servers without the ignore_eos extra")
+    args = parser.parse_args()
+    extra = {} if args.no_ignore_eos else {"ignore_eos": True}
+    results = asyncio.run(run(args.base_url, args.model, args.concurrency, args.max_tokens, args.requests_per_level, extra))
+    print(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
