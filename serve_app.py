@@ -20,4 +20,6 @@ def build_app(args: AppConfig) -> Application:
         m.id: EmbeddingDeployment.options(name=embedding_deployment_name(m.id)).bind(m) for m in config.embeddings
     }
     aliases = {m.id: list(m.aliases) for m in [*config.llms, *config.embeddings]}
-    return Ingress.bind(llms, embeddings, aliases)
+    names = {m.id: llm_deployment_name(m.id) for m in config.llms}
+    names |= {m.id: embedding_deployment_name(m.id) for m in config.embeddings}
+    return Ingress.bind(llms, embeddings, aliases, names, config.server)

@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments import protocol, sse
+from deployments.auth import Key, KeyStore, bearer
+from deployments.config import ServerConfig
 from deployments.errors import APIError, ErrorKind, internal, invalid, model_not_found, unavailable
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -39,6 +41,7 @@ class ModelRoute:
     aliases: list[str] = field(default_factory=list)
     stream_handle: Any = None
     card: dict[str, Any] | None = None  # filled from the deployment's info() on first use
+    ready: bool = True  # a running replica exists (kept up to date by the ingress deployment)
 
     def __post_init__(self) -> None:
         if self.stream_handle is None:
@@ -46,24 +49,35 @@ class ModelRoute:
 
 
 class Router:
-    """Maps ``model`` (id or alias) to a deployment handle."""
+    """Maps ``model`` (id or alias) to a deployment handle, for a caller's key."""
 
     def __init__(self, routes: list[ModelRoute]) -> None:
         self.routes = routes
+        self.retry_after_s = 2  # set from ServerConfig by create_app
         self._by_name: dict[str, ModelRoute] = {}
         for route in routes:
             for name in [route.id, *route.aliases]:
                 self._by_name[name] = route
 
-    def get(self, model: str, kind: str | None = None) -> ModelRoute:
+    def get(self, model: str, kind: str | None = None, key: Key | None = None) -> ModelRoute:
         route = self._by_name.get(model)
         if route is None:
             raise model_not_found(model)
+        if not self.allowed(route, key):
+            raise APIError(
+                ErrorKind.PERMISSION, f"This API key may not use the model '{model}'.", param="model", code="model_not_allowed"
+            )
         if kind is not None and route.kind != kind:
             what = "an embedding model" if route.kind == EMBEDDING else "a chat/completions model"
             use = "/v1/embeddings" if route.kind == EMBEDDING else "/v1/chat/completions or /v1/completions"
             raise invalid(f"The model '{model}' is {what}; use it with {use}.", "model", "model_not_supported")
+        if not route.ready:
+            raise unavailable(f"The model '{model}' is loading or has no healthy replica; retry shortly.", self.retry_after_s)
         return route
+
+    @staticmethod
+    def allowed(route: ModelRoute, key: Key | None) -> bool:
+        return key is None or key.models is None or bool(key.models & {route.id, *route.aliases})
 
     async def card(self, route: ModelRoute) -> dict[str, Any]:
         if route.card is None:
@@ -72,11 +86,26 @@ class Router:
         return route.card
 
 
+# Documented answers (OpenAPI): every route may answer with these OpenAI error bodies.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": protocol.ErrorResponse, "description": text}
+    for status, text in {
+        400: "invalid request (the error names the parameter)",
+        401: "missing or wrong API key",
+        403: "this API key may not use the model",
+        404: "unknown model or path",
+        429: "the model is at capacity; see Retry-After",
+        503: "the model is loading or has no healthy replica; see Retry-After",
+    }.items()
+}
+SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "a completion, or an SSE stream of chunks when stream is true"}
+
+
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
-def as_api_error(exc: BaseException) -> APIError:
+def as_api_error(exc: BaseException, retry_after_s: int = 2) -> APIError:
     """Whatever a handle call raised, as the error the client should see.
 
     Ray re-raises a deployment's exception as a subclass of it (``RayTaskError`` mixed in), so an
@@ -90,54 +119,144 @@ def as_api_error(exc: BaseException) -> APIError:
     if isinstance(cause, APIError):
         return cause
     name = type(exc).__name__
-    if any(word in name for word in ("ActorDied", "ActorUnavailable", "Unavailable", "BackPressure", "WorkerCrashed")):
-        return unavailable("The model's replica is unavailable; retry shortly.")
+    if "BackPressure" in name:
+        return APIError(
+            ErrorKind.RATE_LIMITED,
+            "The model is at capacity (its queue is full); retry after the time in Retry-After.",
+            retry_after=retry_after_s,
+        )
+    if any(word in name for word in ("ActorDied", "ActorUnavailable", "Unavailable", "WorkerCrashed", "ActorError")):
+        return unavailable("The model's replica is unavailable; retry shortly.", retry_after_s)
     logger.error("Unhandled error: %r", exc, exc_info=exc)
     return internal()
 
 
-async def _relay_stream(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _relay_stream(first: str, rest: AsyncIterator[str], retry_after_s: int) -> AsyncIterator[str]:
     yield first
     try:
         async for message in rest:
             yield message
-    except BaseException as exc:  # noqa: BLE001 - the client gets an error event, not a cut stream
-        if not isinstance(exc, Exception):
-            raise
-        yield sse.error_then_done(as_api_error(exc).body())
+    except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a cut stream
+        yield sse.error_then_done(as_api_error(exc, retry_after_s).body())
 
 
-async def _stream_or_error(stream) -> Response:
-    """Wait for the first message before answering, so request errors stay real 4xx."""
-    iterator = stream.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = sse.DONE
-    except Exception as exc:  # noqa: BLE001
-        return _error_response(as_api_error(exc))
-    return StreamingResponse(
-        _relay_stream(first, iterator),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+class _BodyTooLarge(Exception):
+    pass
 
 
-async def _call(method, *args) -> Response:
-    try:
-        result = await method.remote(*args)
-    except Exception as exc:  # noqa: BLE001
-        return _error_response(as_api_error(exc))
-    return JSONResponse(result)
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` (by Content-Length, or while reading)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        error = invalid(
+            f"The request body is larger than this server's limit of {self.max_bytes} bytes.", None, "request_too_large"
+        )
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _error_response(error)(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _BodyTooLarge:
+            await _error_response(error)(scope, receive, send)
 
 
-def create_app(router: Router) -> FastAPI:
+class Authenticate:
+    """ASGI middleware: ``Authorization: Bearer <key>`` on every path but the public ones.
+
+    The matching key (or None when the server is open) is left in ``scope["state"]["key"]``
+    for the routes, which check it against the model asked for. A pure ASGI middleware rather
+    than ``@app.middleware``: Starlette's BaseHTTPMiddleware gets between a streaming response
+    and the client's disconnect.
+    """
+
+    def __init__(self, app, keys: KeyStore, public_paths: list[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.public = set(public_paths)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope.setdefault("state", {})["key"] = None
+        if not self.keys.open and scope["path"] not in self.public and scope["method"] != "OPTIONS":
+            header = dict(scope.get("headers") or []).get(b"authorization")
+            presented = bearer(header.decode("latin-1") if header else None)
+            key = self.keys.lookup(presented)
+            if key is None:
+                message = "Incorrect API key provided." if presented else "Missing API key: send it as 'Authorization: Bearer <key>'."
+                return await _error_response(APIError(ErrorKind.AUTHENTICATION, message))(scope, receive, send)
+            scope["state"]["key"] = key
+        await self.app(scope, receive, send)
+
+
+def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None) -> FastAPI:
+    """The OpenAI routes over ``router``; ``keys`` (none: open) and ``server`` settings."""
+    keys = keys or KeyStore([])
+    server = server or ServerConfig()
+    retry = router.retry_after_s = server.retry_after_s
     app = FastAPI(
         title="OpenAI-compatible model server",
         description="OpenAI API (models, chat completions, completions, embeddings) on Ray Serve.",
         version="0.1.0",
     )
     app.state.router = router
+
+    async def call(method, *args) -> Response:
+        try:
+            result = await method.remote(*args)
+        except Exception as exc:  # noqa: BLE001
+            return _error_response(as_api_error(exc, retry))
+        return JSONResponse(result)
+
+    async def stream_or_error(method, *args) -> Response:
+        """Wait for the first message before answering, so request errors stay real 4xx."""
+        try:
+            iterator = method.remote(*args).__aiter__()
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = sse.DONE
+        except Exception as exc:  # noqa: BLE001
+            return _error_response(as_api_error(exc, retry))
+        return StreamingResponse(
+            _relay_stream(first, iterator, retry),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def check_max_tokens(value: int | None, param: str) -> None:
+        limit = server.max_tokens_limit
+        if limit is not None and value is not None and value > limit:
+            raise invalid(f"{param} is {value}; this server allows at most {limit}.", param, "max_tokens_limit")
+
+    app.add_middleware(Authenticate, keys=keys, public_paths=server.public_paths)
+    if server.cors_allow_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        # added after Authenticate, so it runs first: a preflight needs no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=server.cors_allow_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -156,33 +275,41 @@ def create_app(router: Router) -> FastAPI:
         kind = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}.get(exc.status_code)
         if kind is None:
             kind = ErrorKind.INVALID_REQUEST if exc.status_code < 500 else ErrorKind.INTERNAL
-        error = APIError(kind, str(exc.detail), code=None)
-        response = _error_response(error)
+        response = _error_response(APIError(kind, str(exc.detail), code=None))
         response.status_code = exc.status_code
         return response
 
     @app.exception_handler(Exception)
     async def _unhandled(_: Request, exc: Exception):
-        return _error_response(as_api_error(exc))
+        return _error_response(as_api_error(exc, retry))
 
-    @app.get("/health")
+    @app.get("/health", responses={503: {"description": "a model deployment is loading or down"}})
     async def health() -> JSONResponse:
         """Every model deployment's state (ready with its load, or unavailable); 503 if any is down."""
         models: dict[str, Any] = {}
         healthy = True
         for route in router.routes:
+            if not route.ready:
+                healthy = False
+                models[route.id] = {"status": "loading or unavailable"}
+                continue
             try:
                 models[route.id] = {"status": "ready", **await route.handle.stats.remote()}
             except Exception as exc:  # noqa: BLE001
                 healthy = False
                 models[route.id] = {"status": "unavailable", "error": type(exc).__name__}
-        return JSONResponse({"status": "ok" if healthy else "degraded", "models": models}, status_code=200 if healthy else 503)
+        headers = {} if healthy else {"Retry-After": str(retry)}
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", "models": models}, status_code=200 if healthy else 503, headers=headers
+        )
 
-    @app.get("/v1/models")
-    async def list_models() -> JSONResponse:
-        """``ListModelsResponse``: every served model with its engine and capabilities."""
+    @app.get("/v1/models", responses={200: {"model": protocol.ModelList}, **ERRORS})
+    async def list_models(request: Request) -> JSONResponse:
+        """``ListModelsResponse``: every model this key may use, with engine and capabilities."""
         cards = []
         for route in router.routes:
+            if not router.allowed(route, request.state.key):
+                continue
             try:
                 cards.append(await router.card(route))
             except Exception as exc:  # noqa: BLE001 - a loading model is listed without details
@@ -190,37 +317,39 @@ def create_app(router: Router) -> FastAPI:
                 cards.append(protocol.model_card(route.id, 0, "local", status="loading"))
         return JSONResponse(protocol.model_list(cards))
 
-    @app.get("/v1/models/{model_id:path}")
-    async def retrieve_model(model_id: str) -> JSONResponse:
+    @app.get("/v1/models/{model_id:path}", responses={200: {"model": protocol.ModelCard}, **ERRORS})
+    async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
         """``Model``: one model by id or alias."""
-        route = router.get(model_id)
+        route = router.get(model_id, key=request.state.key)
         try:
             card = await router.card(route)
         except Exception as exc:  # noqa: BLE001
-            raise as_api_error(exc) from exc
+            raise as_api_error(exc, retry) from exc
         return JSONResponse(card)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
+    @app.post("/v1/chat/completions", responses={200: {"model": protocol.ChatCompletion, **SSE}, **ERRORS})
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """``CreateChatCompletionRequest`` -> completion, or an SSE stream of chunks."""
-        route = router.get(body.model, LLM)
+        route = router.get(body.model, LLM, request.state.key)
+        check_max_tokens(body.max_completion_tokens, "max_completion_tokens")
+        check_max_tokens(body.max_tokens, "max_tokens")
         if body.stream:
-            return await _stream_or_error(route.stream_handle.chat_stream.remote(body))
-        return await _call(route.handle.chat, body)
+            return await stream_or_error(route.stream_handle.chat_stream, body)
+        return await call(route.handle.chat, body)
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest) -> Response:
+    @app.post("/v1/completions", responses={200: {"model": protocol.TextCompletion, **SSE}, **ERRORS})
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         """``CreateCompletionRequest`` (legacy completions)."""
-        route = router.get(body.model, LLM)
+        route = router.get(body.model, LLM, request.state.key)
+        check_max_tokens(body.max_tokens, "max_tokens")
         if body.stream:
-            return await _stream_or_error(route.stream_handle.completion_stream.remote(body))
-        return await _call(route.handle.completion, body)
+            return await stream_or_error(route.stream_handle.completion_stream, body)
+        return await call(route.handle.completion, body)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> Response:
+    @app.post("/v1/embeddings", responses={200: {"model": protocol.EmbeddingList}, **ERRORS})
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         """``CreateEmbeddingRequest`` -> ``CreateEmbeddingResponse``."""
-        route = router.get(body.model, EMBEDDING)
-        return await _call(route.handle.embed, body)
+        route = router.get(body.model, EMBEDDING, request.state.key)
+        return await call(route.handle.embed, body)
 
     return app
-

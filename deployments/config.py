@@ -97,9 +97,30 @@ class EmbeddingConfig(_ModelConfig):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads in the replica.")
 
 
+class ServerConfig(_Config):
+    """HTTP-level settings of the ingress: CORS, open paths, request limits, retry hints."""
+
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (e.g. http://localhost:3000, or *); empty: CORS off."
+    )
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health"],
+        description="Paths served without an API key when keys are configured (exact paths).",
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_tokens_limit: int | None = Field(
+        None, ge=1, description="Largest max_tokens / max_completion_tokens a request may ask for."
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429 and 503 answers.")
+    status_poll_s: float = Field(
+        1.0, gt=0, description="How often the ingress reads which model deployments have a running replica."
+    )
+
+
 class AppConfig(_Config):
     """All models of one application."""
 
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Ingress settings.")
     llms: list[LLMConfig] = Field(default_factory=list, description="Chat / completions models.")
     embeddings: list[EmbeddingConfig] = Field(default_factory=list, description="Embedding models.")
 

@@ -7,11 +7,14 @@ Options here are defaults; ``serve_config.yaml``'s ``deployments:`` section over
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from ray import serve
 
 from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.auth import KeyStore
+from deployments.config import ServerConfig
 from deployments.embedding_server import EmbeddingServer
 from deployments.llm_server import LLMServer
 
@@ -34,16 +37,46 @@ EmbeddingDeployment = serve.deployment(
 )
 
 
-@serve.deployment(name="Ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
 @serve.ingress()
 class Ingress:
     """The FastAPI front: OpenAI routes, routing by ``model`` to the model deployments."""
 
-    def __init__(self, llms: dict, embeddings: dict, aliases: dict[str, list[str]]) -> None:
-        routes = [ModelRoute(mid, LLM, handle, aliases.get(mid, [])) for mid, handle in llms.items()]
-        routes += [ModelRoute(mid, EMBEDDING, handle, aliases.get(mid, [])) for mid, handle in embeddings.items()]
+    async def __init__(
+        self, llms: dict, embeddings: dict, aliases: dict[str, list[str]], deployments: dict[str, str], server: ServerConfig
+    ) -> None:
+        # Not ready until Serve reports a running replica (the watcher below, within a second).
+        routes = [ModelRoute(mid, LLM, handle, aliases.get(mid, []), ready=False) for mid, handle in llms.items()]
+        routes += [
+            ModelRoute(mid, EMBEDDING, handle, aliases.get(mid, []), ready=False) for mid, handle in embeddings.items()
+        ]
         self.router = Router(routes)
+        self.server = server
+        self.keys = KeyStore.from_env()
+        self.deployments = deployments  # model id -> deployment name
+        self.app_name = serve.get_replica_context().app_name
+        self._watch = asyncio.create_task(self._watch_replicas())
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.router)
+        return create_app(self.router, self.keys, self.server)
+
+    async def _watch_replicas(self) -> None:
+        """Mark each model ready while its deployment has a running replica, from Serve's status.
+
+        Requests for a model with none (loading, or replaced after a crash) get a prompt 503
+        with Retry-After instead of waiting in a queue for a replica that may take a minute.
+        """
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                app = status.applications.get(self.app_name)
+                for route in self.router.routes:
+                    deployment = app.deployments.get(self.deployments[route.id]) if app else None
+                    running = bool(deployment and deployment.replica_states.get("RUNNING", 0) > 0)
+                    if running != route.ready:
+                        logger.info("Model %s is %s", route.id, "ready" if running else "not ready (no running replica)")
+                    route.ready = running
+            except Exception as exc:  # noqa: BLE001 - keep the last known state, try again
+                logger.warning("Could not read Serve status: %r", exc)
+            await asyncio.sleep(self.server.status_poll_s)

@@ -115,8 +115,11 @@ class Batcher:
         self._task: asyncio.Task | None = None
 
     async def submit(self, items: list) -> np.ndarray:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # (re)start the batch loop on this event loop (an in-process server may outlive a loop)
+            self.queue = asyncio.Queue()
+            self._task = loop.create_task(self._run())
         parts = []
         for start in range(0, len(items), self.max_items):
             future = asyncio.get_running_loop().create_future()

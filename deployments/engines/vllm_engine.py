@@ -86,6 +86,7 @@ class VLLMEngine(Engine):
             "dtype": self.dtype,
             "max_num_seqs": self.max_batch_size,
             "disable_log_stats": True,
+            "enable_log_requests": False,  # prompts stay out of the logs unless asked for
         }
         if self.max_model_len:
             args["max_model_len"] = self.max_model_len
