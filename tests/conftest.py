@@ -31,10 +31,10 @@ def free_port() -> int:
 class ServeApp:
     """``serve run <config>`` in a subprocess, as a user runs it; stopped with Ctrl-C."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "serve"), "run", str(config_path)],
             cwd=REPO,
@@ -51,7 +51,7 @@ class ServeApp:
                 raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 r = httpx.get(self.base_url + "/health", timeout=5)
-                if r.status_code == 200:
+                if r.status_code == 200 and r.json().get("status") == "ok":
                     return
             except httpx.HTTPError:
                 pass
@@ -72,7 +72,7 @@ class ServeApp:
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
 
 
-def start_app(config_file: str, tmp: Path, tweak=None) -> ServeApp:
+def start_app(config_file: str, tmp: Path, tweak=None, env: dict[str, str] | None = None) -> ServeApp:
     """Start ``config_file`` from the repo on a free port (optionally edited by ``tweak``)."""
     config = yaml.safe_load((REPO / config_file).read_text())
     port = free_port()
@@ -81,7 +81,7 @@ def start_app(config_file: str, tmp: Path, tweak=None) -> ServeApp:
         tweak(config)
     path = tmp / f"{Path(config_file).stem}-test.yaml"
     path.write_text(yaml.safe_dump(config))
-    app = ServeApp(path, port, tmp / f"{Path(config_file).stem}-serve.log")
+    app = ServeApp(path, port, tmp / f"{Path(config_file).stem}-serve.log", env)
     try:
         app.wait_ready(STARTUP_TIMEOUT_S)
     except BaseException:

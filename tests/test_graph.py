@@ -245,3 +245,30 @@ async def test_disconnect_mid_stream_frees_the_engine(aclient, graph):
     assert health(graph)["models"][CHAT_MODEL]["running"] == 0, "the generation kept running after disconnect"
     ok = await aclient.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, temperature=0, max_tokens=10)
     assert ok.choices[0].message.content
+
+
+async def test_disconnect_storm_leaves_no_running_requests(aclient, graph):
+    """50 streams opened and dropped mid-way; then the engine is idle and a request succeeds."""
+
+    async def open_and_drop(i: int):
+        stream = await aclient.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": "user", "content": f"Tell me story number {i}."}],
+            max_tokens=500,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        async for _ in stream:
+            break
+        await stream.close()
+
+    await asyncio.gather(*(open_and_drop(i) for i in range(50)))
+    running = None
+    for _ in range(150):
+        running = health(graph)["models"][CHAT_MODEL]["running"]
+        if running == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert running == 0, f"{running} generations still running after all 50 clients left"
+    ok = await aclient.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, temperature=0, max_tokens=10)
+    assert "Paris" in ok.choices[0].message.content

