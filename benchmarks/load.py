@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import random
-import statistics
 import time
 from dataclasses import asdict, dataclass
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.load import prompts, run, run_level
+from benchmarks.load import run, run_level
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -72,6 +72,27 @@ class ServeApp:
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
 
 
+async def running_after(app: ServeApp, model: str, timeout: float = 30.0) -> int:
+    """Poll /health until ``model``'s engine runs nothing (or ``timeout``); its last count."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=30) as client:
+        while True:
+            running = (await client.get("/health")).json()["models"][model]["running"]
+            if running == 0 or time.monotonic() > deadline:
+                return running
+            await asyncio.sleep(0.2)
+
+
+def openai_clients(app: ServeApp, timeout: float = 180):
+    """The official sync and async clients for a running app (no retries: tests see every answer)."""
+    import openai
+
+    kwargs = dict(base_url=app.base_url + "/v1", api_key="unused", timeout=timeout, max_retries=0)
+    return openai.OpenAI(**kwargs), openai.AsyncOpenAI(**kwargs)
+
+
 def start_app(config_file: str, tmp: Path, tweak=None, env: dict[str, str] | None = None) -> ServeApp:
     """Start ``config_file`` from the repo on a free port (optionally edited by ``tweak``)."""
     config = yaml.safe_load((REPO / config_file).read_text())

@@ -8,18 +8,16 @@ on each engine, with the official ``openai`` client.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from tests.conftest import start_app
+from tests.conftest import openai_clients, running_after, start_app
 
 pytestmark = pytest.mark.graph
 
@@ -45,12 +43,12 @@ def engines_app():
 
 @pytest.fixture(scope="module")
 def client(engines_app):
-    return openai.OpenAI(base_url=engines_app.base_url + "/v1", api_key="unused", timeout=180, max_retries=0)
+    return openai_clients(engines_app)[0]
 
 
 @pytest.fixture(scope="module")
 def aclient(engines_app):
-    return openai.AsyncOpenAI(base_url=engines_app.base_url + "/v1", api_key="unused", timeout=180, max_retries=0)
+    return openai_clients(engines_app)[1]
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +196,7 @@ async def test_disconnect_aborts_in_the_engine(aclient, engines_app, model):
         if got == 5:
             break
     await stream.close()
-    running = None
-    for _ in range(100):
-        running = httpx.get(engines_app.base_url + "/health", timeout=30).json()["models"][model]["running"]
-        if running == 0:
-            break
-        await asyncio.sleep(0.2)
-    assert running == 0, "the engine kept generating after the client left"
+    assert await running_after(engines_app, model) == 0, "the engine kept generating after the client left"
 
 
 def test_engines_agree_on_greedy_output(client, tokenizer, record_property):

@@ -11,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 
+from tests.conftest import openai_clients, running_after
 from tests.spec import validate
 
 pytestmark = pytest.mark.graph
@@ -22,12 +23,12 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def client(graph):
-    return openai.OpenAI(base_url=graph.base_url + "/v1", api_key="unused", timeout=120, max_retries=0)
+    return openai_clients(graph)[0]
 
 
 @pytest.fixture(scope="module")
 def aclient(graph):
-    return openai.AsyncOpenAI(base_url=graph.base_url + "/v1", api_key="unused", timeout=180, max_retries=0)
+    return openai_clients(graph)[1]
 
 
 def minilm_tokenizer():
@@ -238,11 +239,7 @@ async def test_disconnect_mid_stream_frees_the_engine(aclient, graph):
         if received == 5:
             break
     await stream.close()
-    for _ in range(100):
-        if health(graph)["models"][CHAT_MODEL]["running"] == 0:
-            break
-        await asyncio.sleep(0.2)
-    assert health(graph)["models"][CHAT_MODEL]["running"] == 0, "the generation kept running after disconnect"
+    assert await running_after(graph, CHAT_MODEL) == 0, "the generation kept running after disconnect"
     ok = await aclient.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, temperature=0, max_tokens=10)
     assert ok.choices[0].message.content
 
@@ -263,12 +260,7 @@ async def test_disconnect_storm_leaves_no_running_requests(aclient, graph):
         await stream.close()
 
     await asyncio.gather(*(open_and_drop(i) for i in range(50)))
-    running = None
-    for _ in range(150):
-        running = health(graph)["models"][CHAT_MODEL]["running"]
-        if running == 0:
-            break
-        await asyncio.sleep(0.2)
+    running = await running_after(graph, CHAT_MODEL)
     assert running == 0, f"{running} generations still running after all 50 clients left"
     ok = await aclient.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, temperature=0, max_tokens=10)
     assert "Paris" in ok.choices[0].message.content
