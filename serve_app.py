@@ -15,11 +15,41 @@ from deployments.deployment import EmbeddingDeployment, Ingress, LLMDeployment
 
 def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
-    llms = {m.id: LLMDeployment.options(name=llm_deployment_name(m.id)).bind(m) for m in config.llms}
+    check_resources(config)
+    llms = {
+        m.id: LLMDeployment.options(name=llm_deployment_name(m.id), **m.deployment.as_options()).bind(m)
+        for m in config.llms
+    }
     embeddings = {
-        m.id: EmbeddingDeployment.options(name=embedding_deployment_name(m.id)).bind(m) for m in config.embeddings
+        m.id: EmbeddingDeployment.options(name=embedding_deployment_name(m.id), **m.deployment.as_options()).bind(m)
+        for m in config.embeddings
     }
     aliases = {m.id: list(m.aliases) for m in [*config.llms, *config.embeddings]}
     names = {m.id: llm_deployment_name(m.id) for m in config.llms}
     names |= {m.id: embedding_deployment_name(m.id) for m in config.embeddings}
     return Ingress.bind(llms, embeddings, aliases, names, config.server)
+
+
+def check_resources(config: AppConfig) -> None:
+    """Fail before scheduling when a replica asks for more than any node of the cluster has.
+
+    Runs where Ray is already up (``serve run`` / ``serve deploy`` build the app inside the
+    cluster); otherwise there is nothing to check against yet.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not nodes:
+        return
+    for kind, models in (("llms", config.llms), ("embeddings", config.embeddings)):
+        for i, model in enumerate(models):
+            options = model.deployment.ray_actor_options or {}
+            wanted = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
+            wanted = {k: v for k, v in wanted.items() if v}
+            if wanted and not any(all(node.get(k, 0) >= v for k, v in wanted.items()) for node in nodes):
+                raise ValueError(
+                    f"{kind}[{i}].deployment.ray_actor_options: no node of this cluster has {wanted} "
+                    f"(nodes have: {[{k: v for k, v in n.items() if not k.startswith(('node:', 'memory', 'object_store'))} for n in nodes]})"
+                )

@@ -20,6 +20,41 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class DeploymentOptions(_Config):
+    """Ray Serve options of one model's deployment, inline with the model (the YAML's
+    ``deployments:`` section can still override them by deployment name)."""
+
+    num_replicas: int | Literal["auto"] | None = Field(None, description="Fixed replica count, or auto.")
+    max_ongoing_requests: int | None = Field(None, ge=1, description="Requests a replica runs at once.")
+    max_queued_requests: int | None = Field(None, ge=-1, description="Requests waiting for a replica; beyond: 429.")
+    autoscaling_config: dict[str, Any] | None = Field(
+        None, description="Ray Serve autoscaling (min_replicas, max_replicas, target_ongoing_requests, ...)."
+    )
+    ray_actor_options: dict[str, Any] | None = Field(
+        None, description="num_cpus, num_gpus, accelerator_type, resources (custom), runtime_env, ..."
+    )
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        None, description="Resource bundles per replica (tensor-parallel vLLM: one bundle per GPU)."
+    )
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = Field(
+        None, description="How the bundles are placed across nodes."
+    )
+    health_check_period_s: float | None = Field(None, gt=0, description="Seconds between health checks.")
+    health_check_timeout_s: float | None = Field(None, gt=0, description="A health check slower than this fails.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both")
+        auto = self.autoscaling_config or {}
+        if auto.get("min_replicas", 1) > auto.get("max_replicas", max(1, auto.get("min_replicas", 1))):
+            raise ValueError("autoscaling_config: min_replicas is larger than max_replicas")
+        return self
+
+    def as_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
 class _ModelConfig(_Config):
     id: str = Field(description="Model id clients send in `model` and see in /v1/models.")
     source: str = Field(
@@ -28,6 +63,9 @@ class _ModelConfig(_Config):
     )
     aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
     owned_by: str = Field("local", description="`owned_by` shown in /v1/models.")
+    deployment: DeploymentOptions = Field(
+        default_factory=DeploymentOptions, description="Ray Serve options of this model's deployment."
+    )
 
     @field_validator("id", "aliases")
     @classmethod
@@ -93,6 +131,14 @@ class EmbeddingConfig(_ModelConfig):
     )
     truncate: bool = Field(
         False, description="Truncate inputs longer than the model's window instead of a 400."
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="Serve vectors cut to this many dimensions and renormalised (default: the model's own)."
+    )
+    allow_request_dimensions: bool = Field(
+        False,
+        description="Accept the request parameter `dimensions` (cut and renormalise, for models trained for it, "
+        "e.g. Matryoshka embeddings); otherwise a request asking for other dimensions is a 400.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads in the replica.")
 

@@ -38,7 +38,10 @@ class EmbeddingServer:
         self.model = await asyncio.to_thread(self._load, path)
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length)
-        self.dimensions = int(self.model.get_embedding_dimension())
+        self.native_dimensions = int(self.model.get_embedding_dimension())
+        if config.dimensions is not None and config.dimensions > self.native_dimensions:
+            raise ValueError(f"{config.id}: dimensions {config.dimensions} > the model's {self.native_dimensions}")
+        self.dimensions = config.dimensions or self.native_dimensions
         self.batcher = Batcher(self._encode, config.max_batch_size, config.batch_wait_timeout_s)
         logger.info("Embedding model %s ready (%d dims) in %.1f s", config.id, self.dimensions, time.monotonic() - started)
 
@@ -59,6 +62,7 @@ class EmbeddingServer:
             "capabilities": ["embeddings"],
             "context_length": self.max_tokens,
             "dimensions": self.dimensions,
+            "request_dimensions": "cut and renormalise" if self.config.allow_request_dimensions else "fixed",
             "engine": "sentence-transformers",
             "long_inputs": "truncate" if self.config.truncate else "reject with 400",
         }
@@ -73,8 +77,13 @@ class EmbeddingServer:
         return {"queued": self.batcher.queue.qsize()}
 
     async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
-        if req.dimensions is not None and req.dimensions != self.dimensions:
-            raise unsupported("dimensions", f"model {self.config.id!r} gives {self.dimensions}-dimensional vectors only")
+        dims = self.dimensions
+        if req.dimensions is not None and req.dimensions != dims:
+            if not self.config.allow_request_dimensions:
+                raise unsupported("dimensions", f"model {self.config.id!r} gives {dims}-dimensional vectors only")
+            if req.dimensions > dims:
+                raise invalid(f"dimensions must be at most {dims} for model {self.config.id!r}.", "dimensions")
+            dims = req.dimensions
         texts = [item if isinstance(item, str) else self._detokenize(item, i) for i, item in enumerate(req.inputs())]
         counts = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
         for i, count in enumerate(counts):
@@ -86,6 +95,9 @@ class EmbeddingServer:
                     "context_length_exceeded",
                 )
         vectors = await self.batcher.submit(texts)
+        if dims != self.native_dimensions:
+            vectors = vectors[:, :dims]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         used = sum(min(c, self.max_tokens) for c in counts)
         return protocol.embedding_list(req.model, vectors, req.encoding_format, used)
 

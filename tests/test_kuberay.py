@@ -1,0 +1,23 @@
+"""The KubeRay manifest serves exactly the application of serve_config.yaml."""
+
+from __future__ import annotations
+
+import yaml
+
+from deployments import kuberay
+from deployments.config import AppConfig
+
+
+def test_rayservice_is_generated_from_serve_config():
+    assert kuberay.TARGET.read_text() == kuberay.render(), "run `python -m deployments.kuberay` after editing serve_config.yaml"
+
+
+def test_rayservice_serves_the_same_applications():
+    manifest = yaml.safe_load(kuberay.TARGET.read_text())
+    assert manifest["kind"] == "RayService" and manifest["apiVersion"] == "ray.io/v1"
+    serve_v2 = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    local = yaml.safe_load(kuberay.SOURCE.read_text())
+    assert serve_v2["applications"] == local["applications"]
+    assert serve_v2["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    for app in serve_v2["applications"]:
+        AppConfig.model_validate(app["args"])  # the args are valid for the app builder
