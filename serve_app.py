@@ -24,7 +24,8 @@ def build_app(args: AppConfig) -> Application:
         m.id: EmbeddingDeployment.options(name=embedding_deployment_name(m.id), **m.deployment.as_options()).bind(m)
         for m in config.embeddings
     }
-    aliases = {m.id: list(m.aliases) for m in [*config.llms, *config.embeddings]}
+    # every other name a model answers to: aliases, and for chat models their LoRA adapter ids
+    aliases = {m.id: [n for n in m.names if n != m.id] for m in [*config.llms, *config.embeddings]}
     names = {m.id: llm_deployment_name(m.id) for m in config.llms}
     names |= {m.id: embedding_deployment_name(m.id) for m in config.embeddings}
     return Ingress.bind(llms, embeddings, aliases, names, config.server)

@@ -101,6 +101,17 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "a completion, or an SSE stream of chunks when stream is true"}
 
 
+def _adapter_cards(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat model's LoRA adapters, each a model of its own for clients, served by its base."""
+    return [
+        protocol.model_card(
+            name, card["created"], card["owned_by"], parent=card["id"], engine=card.get("engine"),
+            capabilities=card.get("capabilities"), context_length=card.get("context_length"),
+        )
+        for name in card.get("lora_adapters", [])
+    ]
+
+
 def _error_response(error: APIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
@@ -311,7 +322,8 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
             if not router.allowed(route, request.state.key):
                 continue
             try:
-                cards.append(await router.card(route))
+                card = await router.card(route)
+                cards += [card, *_adapter_cards(card)]
             except Exception as exc:  # noqa: BLE001 - a loading model is listed without details
                 logger.warning("model %s has no info yet: %r", route.id, exc)
                 cards.append(protocol.model_card(route.id, 0, "local", status="loading"))
@@ -325,6 +337,9 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
             card = await router.card(route)
         except Exception as exc:  # noqa: BLE001
             raise as_api_error(exc, retry) from exc
+        for adapter in _adapter_cards(card):
+            if model_id in (adapter["id"], adapter["id"].split(":", 1)[1]):
+                return JSONResponse(adapter)
         return JSONResponse(card)
 
     @app.post("/v1/chat/completions", responses={200: {"model": protocol.ChatCompletion, **SSE}, **ERRORS})

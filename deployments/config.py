@@ -80,6 +80,20 @@ class _ModelConfig(_Config):
         return [self.id, *self.aliases]
 
 
+class LoRAAdapter(_Config):
+    """A LoRA adapter served from its base model's deployment, loaded on first use."""
+
+    name: str = Field(description="Clients ask for `<model id>:<name>` or just `<name>`.")
+    source: str = Field(description="Folder of a PEFT LoRA adapter (adapter_config.json + weights).")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _ID.match(value) or ":" in value:
+            raise ValueError(f"{value!r} is not a valid adapter name (letters, digits, . _ - /)")
+        return value
+
+
 class LLMConfig(_ModelConfig):
     """A chat / completions model served by one LLM deployment."""
 
@@ -108,6 +122,29 @@ class LLMConfig(_ModelConfig):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads in the replica (Ray sets 1 unless told)."
     )
+    lora_adapters: list[LoRAAdapter] = Field(
+        default_factory=list,
+        description="LoRA adapters of this model (vLLM multi-LoRA, or peft on transformers); each is "
+        "listed in /v1/models as `<id>:<name>`.",
+    )
+    max_lora_rank: int = Field(16, ge=1, description="vLLM: the largest adapter rank to accept.")
+    max_loras: int = Field(4, ge=1, description="vLLM: adapters that can run in one batch.")
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases, *self.adapter_ids]
+
+    @property
+    def adapter_ids(self) -> list[str]:
+        return [name for a in self.lora_adapters for name in (f"{self.id}:{a.name}", a.name)]
+
+    def adapter_for(self, model: str) -> LoRAAdapter | None:
+        """The adapter a request's ``model`` names (None: the base model)."""
+        for adapter in self.lora_adapters:
+            if model in (adapter.name, f"{self.id}:{adapter.name}"):
+                return adapter
+        return None
+
     @model_validator(mode="after")
     def _engine_options_fit(self):
         if self.engine == "hf" and (self.engine_args or self.vllm_env):

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 
 from deployments import protocol, sse
 from deployments.config import LLMConfig
-from deployments.engines.base import Engine, SamplingParams, TokenLogprob
+from deployments.engines.base import Engine, LoRARef, SamplingParams, TokenLogprob
 from deployments.errors import APIError, ErrorKind, invalid, unavailable
 from deployments.protocol import ChatCompletionRequest, CompletionRequest
 from deployments.text import IncrementalDetokenizer, StopChecker
@@ -70,6 +70,7 @@ class LLMServer:
             "engine": info.engine,
             "engine_reason": info.reason,
             "dtype": info.dtype,
+            "lora_adapters": [f"{self.config.id}:{a.name}" for a in self.config.lora_adapters],
             **info.extra,
         }
 
@@ -86,7 +87,7 @@ class LLMServer:
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         prompt, params, stops = self._prepare_chat(req)
         rid = protocol.new_id("chatcmpl")
-        texts, finishes, logprobs, produced = await self._collect(rid, prompt, params, stops, req.n or 1)
+        texts, finishes, logprobs, produced = await self._collect(rid, prompt, params, stops, req.n or 1, self._lora(req.model))
         choices = [
             protocol.chat_choice(i, texts[i], finishes[i], self._chat_logprobs(logprobs[i]) if req.logprobs else None)
             for i in range(len(texts))
@@ -96,6 +97,7 @@ class LLMServer:
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
         prompt, params, stops = self._prepare_chat(req)
         rid, created, model, n = protocol.new_id("chatcmpl"), protocol.now(), req.model, req.n or 1
+        lora = self._lora(req.model)
 
         def chunk(choices, usage=None) -> str:
             return sse.event(protocol.chat_chunk(rid, created, model, choices, usage))
@@ -103,7 +105,7 @@ class LLMServer:
         async def events() -> AsyncIterator[str]:
             yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
             produced = 0
-            async with aclosing(self._choices(rid, prompt, params, stops, n)) as deltas:
+            async with aclosing(self._choices(rid, prompt, params, stops, n, lora)) as deltas:
                 async for d in deltas:
                     produced += len(d.token_ids)
                     lp = self._chat_logprobs(d.logprobs) if req.logprobs else None
@@ -145,10 +147,10 @@ class LLMServer:
 
     # ------------------------------------------------------------------ legacy completions
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
-        rid, n = protocol.new_id("cmpl"), req.n or 1
+        rid, n, lora = protocol.new_id("cmpl"), req.n or 1, self._lora(req.model)
         prepared = [self._prepare_completion(req, p, i) for i, p in enumerate(req.prompts())]
         results = await asyncio.gather(
-            *(self._collect(f"{rid}-{i}", prompt, params, req.stop_list, n) for i, (prompt, params) in enumerate(prepared))
+            *(self._collect(f"{rid}-{i}", prompt, params, req.stop_list, n, lora) for i, (prompt, params) in enumerate(prepared))
         )
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p_index, ((prompt, _), (texts, finishes, logprobs, produced)) in enumerate(zip(prepared, results)):
@@ -164,13 +166,14 @@ class LLMServer:
 
     async def completion_stream(self, req: CompletionRequest) -> AsyncIterator[str]:
         rid, created, model, n = protocol.new_id("cmpl"), protocol.now(), req.model, req.n or 1
+        lora = self._lora(req.model)
         prepared = [self._prepare_completion(req, p, i) for i, p in enumerate(req.prompts())]
 
         def chunk(choices, usage=None) -> str:
             return sse.event(protocol.text_completion(rid, created, model, choices, usage))
 
         async def one_prompt(p_index: int, prompt: list[int], params: SamplingParams) -> AsyncIterator[tuple[int, ChoiceDelta]]:
-            async with aclosing(self._choices(f"{rid}-{p_index}", prompt, params, req.stop_list, n)) as deltas:
+            async with aclosing(self._choices(f"{rid}-{p_index}", prompt, params, req.stop_list, n, lora)) as deltas:
                 async for d in deltas:
                     yield p_index, d
 
@@ -220,6 +223,15 @@ class LLMServer:
         return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
     # ------------------------------------------------------------------ shared generation path
+    def _lora(self, model: str) -> LoRARef | None:
+        """The LoRA adapter the request's ``model`` names (``<id>:<adapter>`` or the adapter's name)."""
+        adapter = self.config.adapter_for(model)
+        if adapter is None:
+            return None
+        from deployments import model_store
+
+        return LoRARef(adapter.name, model_store.resolve(adapter.source))
+
     def _sampling(self, req, prompt_len: int, max_new: int | None, max_param: str) -> SamplingParams:
         """OpenAI parameters -> engine parameters, with the context-length check."""
         room = self.max_model_len - prompt_len
@@ -255,14 +267,14 @@ class LLMServer:
         )
 
     async def _collect(
-        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int
+        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int, lora: LoRARef | None
     ) -> tuple[list[str], list[str], list[list[TokenLogprob]], int]:
         """Run ``n`` choices to the end: texts, finish reasons, logprobs, completion tokens."""
         texts = [""] * n
         finishes = ["stop"] * n
         logprobs: list[list[TokenLogprob]] = [[] for _ in range(n)]
         produced = 0
-        async with aclosing(self._choices(rid, prompt, params, stops, n)) as deltas:
+        async with aclosing(self._choices(rid, prompt, params, stops, n, lora)) as deltas:
             async for d in deltas:
                 texts[d.index] += d.text
                 produced += len(d.token_ids)
@@ -272,23 +284,23 @@ class LLMServer:
         return texts, finishes, logprobs, produced
 
     def _choices(
-        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int
+        self, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], n: int, lora: LoRARef | None
     ) -> AsyncIterator[ChoiceDelta]:
         if n == 1:
-            return self._choice(0, rid, prompt, params, stops)
+            return self._choice(0, rid, prompt, params, stops, lora)
         streams = []
         for i in range(n):
             # n choices from one seed must differ from each other and still be reproducible.
             seed = None if params.seed is None else params.seed + i
-            streams.append(self._choice(i, f"{rid}-{i}", prompt, replace(params, seed=seed), stops))
+            streams.append(self._choice(i, f"{rid}-{i}", prompt, replace(params, seed=seed), stops, lora))
         return merge(streams)
 
     async def _choice(
-        self, index: int, rid: str, prompt: list[int], params: SamplingParams, stops: list[str]
+        self, index: int, rid: str, prompt: list[int], params: SamplingParams, stops: list[str], lora: LoRARef | None
     ) -> AsyncIterator[ChoiceDelta]:
         detok = IncrementalDetokenizer(self.tokenizer)
         stopper = StopChecker(stops)
-        stream = _engine_faults_as_503(self.engine.generate(rid, prompt, params))
+        stream = _engine_faults_as_503(self.engine.generate(rid, prompt, params, lora))
         try:
             async for chunk in stream:
                 visible = chunk.token_ids

@@ -49,6 +49,8 @@ class ServeApp:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if "failed with exception" in self.log_path.read_text(errors="replace"):
+                raise RuntimeError(f"the application failed to deploy:\n{self.log_tail(120)}")
             try:
                 r = httpx.get(self.base_url + "/health", timeout=5)
                 if r.status_code == 200 and r.json().get("status") == "ok":

@@ -236,3 +236,28 @@ async def test_closing_a_stream_aborts_the_generation(servers):
     assert len(engine.aborted) == aborted_before + 1
     assert not engine.running
     assert "[DONE]" not in "".join(received)
+
+
+async def test_lora_adapter_ids_route_to_the_base_model_with_the_adapter(tmp_path):
+    """`<model>:<adapter>` and the adapter's own name reach the base deployment with the adapter."""
+    from deployments.config import LLMConfig
+    from deployments.engines.fake import FakeEngine
+    from deployments.llm_server import LLMServer
+    from tests.local import construct
+
+    config = LLMConfig(id="base", source="unused", lora_adapters=[{"name": "caps", "source": str(tmp_path)}])
+    server = await construct(LLMServer, config, FakeEngine())
+    router = Router([ModelRoute("base", LLM, LocalHandle(server), aliases=[n for n in config.names if n != "base"])])
+    transport = httpx.ASGITransport(app=create_app(router))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        answers = {}
+        for model in ("base", "base:caps", "caps"):
+            r = await c.post(CHAT_URL, json={**chat("abc"), "model": model})
+            assert r.status_code == 200, r.text
+            answers[model] = r.json()["choices"][0]["message"]["content"]
+        assert answers == {"base": "cba", "base:caps": "CBA", "caps": "CBA"}
+        listed = (await c.get("/v1/models")).json()["data"]
+        assert [m["id"] for m in listed] == ["base", "base:caps"]
+        assert listed[1]["parent"] == "base"
+        assert (await c.get("/v1/models/caps")).json()["id"] == "base:caps"
+        assert (await c.post(CHAT_URL, json={**chat("abc"), "model": "base:nope"})).status_code == 404

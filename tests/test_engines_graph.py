@@ -35,8 +35,16 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def engines_app():
+    from tests.lora import build_adapter
+
     tmp = Path(tempfile.mkdtemp(prefix="engines-"))
-    app = start_app(os.environ.get("ENGINES_CONFIG", "configs/engines-cpu.yaml"), tmp)
+    adapter = build_adapter(tmp / "tiny-adapter")
+
+    def with_adapter(config):  # a LoRA adapter on both engines, built by the test itself
+        for llm in config["applications"][0]["args"]["llms"]:
+            llm["lora_adapters"] = [{"name": f"tiny-{llm['engine']}", "source": str(adapter)}]
+
+    app = start_app(os.environ.get("ENGINES_CONFIG", "configs/engines-cpu.yaml"), tmp, with_adapter)
     yield app
     app.stop()
 
@@ -213,3 +221,15 @@ def test_engines_agree_on_greedy_output(client, tokenizer, record_property):
     record_property("leading_tokens_in_common", report)
     print(f"engine parity: leading greedy tokens in common per prompt = {report}; identical answers: {identical}/{len(PROMPTS)}")
     assert agree_first8 >= len(PROMPTS) - 1, report
+
+
+def test_lora_adapter_answers_differently_from_its_base(client, model):
+    adapter_id = f"{model}:tiny-{ENGINES[model]}"
+    assert adapter_id in {m.id for m in client.models.list().data}
+    assert client.models.retrieve(adapter_id).model_extra["parent"] == model
+    base = chat(client, model, max_tokens=16).choices[0].message.content
+    adapted = chat(client, adapter_id, max_tokens=16)
+    assert adapted.model == adapter_id
+    assert adapted.choices[0].message.content != base
+    # the base model is untouched by the adapter's requests
+    assert chat(client, model, max_tokens=16).choices[0].message.content == base

@@ -127,3 +127,22 @@ async def test_engine_failure_is_a_503_and_fails_the_health_check():
     with pytest.raises(APIError) as again:  # new requests fail fast, they do not hang
         await asyncio.wait_for(server.chat(req), timeout=10)
     assert again.value.status == 503
+
+
+async def test_lora_adapter_changes_its_requests_only(engine, tmp_path):
+    """peft adapter loaded on first use; in one batch, base rows stay exactly the base answer."""
+    from deployments.engines.base import LoRARef
+    from tests.lora import build_adapter
+
+    lora = LoRARef("test-adapter", str(build_adapter(tmp_path / "adapter")))
+    ids = engine.tokenizer.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    params = SamplingParams(max_tokens=12, temperature=0)
+
+    async def run_with(adapter, rid):
+        return [t async for c in engine.generate(rid, ids, params, adapter) for t in c.token_ids]
+
+    base = await run_with(None, "base-solo")
+    adapted, base_again = await asyncio.gather(run_with(lora, "lora"), run_with(None, "base-mixed"))
+    assert adapted != base, "the adapter should change the greedy answer"
+    assert base_again == base, "a base request batched with an adapter request must be unaffected"
+    assert await run_with(lora, "lora-again") == adapted  # cached, same answer

@@ -68,6 +68,7 @@ def _vllm(config: LLMConfig, path: str, reason: str) -> Engine:
         engine_args=config.engine_args,
         env=config.vllm_env,
         reason=reason,
+        lora=(config.max_lora_rank, config.max_loras) if config.lora_adapters else None,
     )
 
 

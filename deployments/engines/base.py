@@ -52,6 +52,14 @@ class GenerationChunk:
     finish_reason: str | None = None  # "stop" (EOS or stop token) | "length" | None
 
 
+@dataclass(frozen=True)
+class LoRARef:
+    """A LoRA adapter to apply to one request: its name and the folder of its weights."""
+
+    name: str
+    path: str
+
+
 @dataclass
 class EngineInfo:
     """What an engine reports about itself (shown in ``/v1/models/{id}``)."""
@@ -72,9 +80,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: LoRARef | None = None
     ) -> AsyncIterator[GenerationChunk]:
-        """Stream the request's new tokens; the last chunk has a ``finish_reason``."""
+        """Stream the request's new tokens; the last chunk has a ``finish_reason``. With ``lora``,
+        the adapter is loaded on first use, kept, and applied to this request only."""
 
     @abc.abstractmethod
     async def check_health(self) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, SamplingParams
+from deployments.engines.base import Engine, EngineInfo, GenerationChunk, LoRARef, SamplingParams
 from deployments.engines.tokenizer import ByteTokenizer
 
 
@@ -47,9 +47,11 @@ class FakeEngine(Engine):
         return self.tokenizer.encode(last[::-1] or "ok")
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: LoRARef | None = None
     ) -> AsyncIterator[GenerationChunk]:
         script = self._script(prompt_token_ids)
+        if lora is not None:  # an "adapter" that answers in capitals, so tests can tell
+            script = self.tokenizer.encode(self.tokenizer.decode(script).upper())
         self.running.add(request_id)
         self.peak_running = max(self.peak_running, len(self.running))
         finished = False

@@ -41,6 +41,7 @@ class _Request:
     prompt_ids: list[int]
     row: RowState
     outbox: asyncio.Queue
+    lora: LoRARef | None = None
     cancelled: bool = False
     next_token: int | None = None  # sampled, not yet fed to the model
     done: bool = False
@@ -80,6 +81,7 @@ class HFEngine(Engine):
         self._failure: BaseException | None = None
         self._batch = _Batch()
         self._peak_running = 0
+        self._adapters: set[str] = set()  # LoRA adapters loaded into the model (peft), by name
         self.tokenizer: HFTokenizer | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,11 +140,13 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------ requests
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: LoRARef | None = None
     ) -> AsyncIterator[GenerationChunk]:
         if self._failure is not None:
             raise RuntimeError(f"HF engine failed: {self._failure!r}")
-        req = _Request(request_id, list(prompt_token_ids), RowState.create(params, prompt_token_ids), asyncio.Queue())
+        req = _Request(
+            request_id, list(prompt_token_ids), RowState.create(params, prompt_token_ids), asyncio.Queue(), lora
+        )
         self._inbox.put(req)
         self._wake.set()
         try:
@@ -188,7 +192,7 @@ class HFEngine(Engine):
         new: list[_Request] = []
         while room > len(new) and not self._inbox.empty():
             req = self._inbox.get_nowait()
-            if not req.cancelled:
+            if not req.cancelled and self._adapter_ready(req):
                 new.append(req)
         if not new:
             return False
@@ -198,7 +202,12 @@ class HFEngine(Engine):
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in new])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **self._adapter_kwargs(new),
         )
         self._merge(new, out.past_key_values, mask)
         self._sample_and_emit(out.logits[:, -1, :], new)
@@ -216,6 +225,7 @@ class HFEngine(Engine):
             past_key_values=batch.cache,
             use_cache=True,
             logits_to_keep=1,
+            **self._adapter_kwargs(batch.requests),
         )
         batch.cache = out.past_key_values
         self._sample_and_emit(out.logits[:, -1, :], batch.requests)
@@ -243,6 +253,33 @@ class HFEngine(Engine):
         if produced >= p.max_tokens or len(req.prompt_ids) + produced >= self._max_model_len:
             return "length"
         return None
+
+    # ------------------------------------------------------------------ LoRA adapters (peft)
+    def _adapter_ready(self, req: _Request) -> bool:
+        """Load the request's adapter on first use (worker thread); False if it cannot be."""
+        if req.lora is None or req.lora.name in self._adapters:
+            return True
+        try:
+            from peft import PeftModel
+
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(req.lora.path, adapter_name=req.lora.name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, req.lora.path, adapter_name=req.lora.name)
+            self.model.eval()
+        except Exception as exc:  # noqa: BLE001 - this request fails, the engine goes on
+            logger.error("Could not load LoRA adapter %s from %s: %r", req.lora.name, req.lora.path, exc)
+            self._emit(req, RuntimeError(f"LoRA adapter {req.lora.name!r} could not be loaded: {exc}"))
+            return False
+        self._adapters.add(req.lora.name)
+        logger.info("Loaded LoRA adapter %s", req.lora.name)
+        return True
+
+    def _adapter_kwargs(self, reqs: list[_Request]) -> dict:
+        """peft's mixed-adapter batch: each row names its adapter, or the base model."""
+        if not self._adapters:
+            return {}
+        return {"adapter_names": [r.lora.name if r.lora else "__base__" for r in reqs]}
 
     # ------------------------------------------------------------------ KV cache bookkeeping
     def _merge(self, new: list[_Request], cache, mask: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, AsyncIterator
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, SamplingParams, TokenLogprob
+from deployments.engines.base import Engine, EngineInfo, GenerationChunk, LoRARef, SamplingParams, TokenLogprob
 from deployments.engines.tokenizer import HFTokenizer
 
 logger = logging.getLogger("ray.serve")
@@ -60,6 +60,7 @@ class VLLMEngine(Engine):
         engine_args: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         reason: str = "configured",
+        lora: tuple[int, int] | None = None,
     ) -> None:
         self.model_path = model_path
         self.dtype = dtype
@@ -68,6 +69,8 @@ class VLLMEngine(Engine):
         self.engine_args = dict(engine_args or {})
         self.env = dict(env or {})
         self.reason = reason
+        self.lora = lora  # (max rank, max adapters per batch) when the model has adapters
+        self._lora_ids: dict[str, int] = {}
         self.llm = None
         self.tokenizer: HFTokenizer | None = None
         self._running: set[str] = set()
@@ -90,6 +93,8 @@ class VLLMEngine(Engine):
         }
         if self.max_model_len:
             args["max_model_len"] = self.max_model_len
+        if self.lora:
+            args.update(enable_lora=True, max_lora_rank=self.lora[0], max_loras=self.lora[1])
         args.update(self.engine_args)
         started = time.monotonic()
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
@@ -119,7 +124,7 @@ class VLLMEngine(Engine):
             self.llm.shutdown()
 
     async def generate(
-        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams
+        self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, lora: LoRARef | None = None
     ) -> AsyncIterator[GenerationChunk]:
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
@@ -144,11 +149,19 @@ class VLLMEngine(Engine):
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
         )
+        lora_request = None
+        if lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            # vLLM loads the adapter on first use and keeps it (LRU over max_loras in a batch).
+            lora_id = self._lora_ids.setdefault(lora.name, len(self._lora_ids) + 1)
+            lora_request = LoRARequest(lora.name, lora_id, lora.path)
         self._running.add(request_id)
         self._peak = max(self._peak, len(self._running))
         finished = False
         try:
-            async for out in self.llm.generate(TokensPrompt(prompt_token_ids=list(prompt_token_ids)), sp, request_id):
+            prompt = TokensPrompt(prompt_token_ids=list(prompt_token_ids))
+            async for out in self.llm.generate(prompt, sp, request_id, lora_request=lora_request):
                 completion = out.outputs[0]
                 finish = completion.finish_reason if completion.finish_reason in ("stop", "length") else None
                 finished = out.finished
