@@ -28,7 +28,7 @@ from typing import AsyncIterator
 
 import torch
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, SamplingParams
+from deployments.engines.base import Engine, EngineInfo, GenerationChunk, LoRARef, SamplingParams
 from deployments.engines.sampling import RowState, sample
 from deployments.engines.tokenizer import HFTokenizer
 
