@@ -138,13 +138,6 @@ class LLMConfig(_ModelConfig):
     def adapter_ids(self) -> list[str]:
         return [name for a in self.lora_adapters for name in (f"{self.id}:{a.name}", a.name)]
 
-    def adapter_for(self, model: str) -> LoRAAdapter | None:
-        """The adapter a request's ``model`` names (None: the base model)."""
-        for adapter in self.lora_adapters:
-            if model in (adapter.name, f"{self.id}:{adapter.name}"):
-                return adapter
-        return None
-
     @model_validator(mode="after")
     def _engine_options_fit(self):
         if self.engine == "hf" and (self.engine_args or self.vllm_env):

@@ -51,6 +51,14 @@ class LLMServer:
             await engine.start()
         self.config = config
         self.engine = engine
+        from deployments import model_store
+
+        # every name a request may use for an adapter -> the adapter (its folder resolved once)
+        self._adapters = {
+            name: LoRARef(a.name, model_store.resolve(a.source))
+            for a in config.lora_adapters
+            for name in (a.name, f"{config.id}:{a.name}")
+        }
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.info().max_model_len
         self.vocab_size = getattr(self.tokenizer, "vocab_size", None)
@@ -225,12 +233,7 @@ class LLMServer:
     # ------------------------------------------------------------------ shared generation path
     def _lora(self, model: str) -> LoRARef | None:
         """The LoRA adapter the request's ``model`` names (``<id>:<adapter>`` or the adapter's name)."""
-        adapter = self.config.adapter_for(model)
-        if adapter is None:
-            return None
-        from deployments import model_store
-
-        return LoRARef(adapter.name, model_store.resolve(adapter.source))
+        return self._adapters.get(model)
 
     def _sampling(self, req, prompt_len: int, max_new: int | None, max_param: str) -> SamplingParams:
         """OpenAI parameters -> engine parameters, with the context-length check."""

@@ -54,3 +54,28 @@ def test_build_app_validates_before_anything_starts():
         build_app({"llms": [{**LLM, "engine": "magic"}]})
     app = build_app({"llms": [LLM]})
     assert app is not None
+
+
+def test_impossible_resources_fail_before_scheduling():
+    """Inside a running Ray (as under `serve run`), a replica no node can hold is a config error."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, resources={"cpu_pool": 1})
+    try:
+        gpu = {**LLM, "deployment": {"ray_actor_options": {"num_gpus": 1}}}
+        with pytest.raises(ValueError, match=r"llms\[0\]\.deployment\.ray_actor_options: no node"):
+            build_app({"llms": [gpu]})
+        pool = {**LLM, "deployment": {"ray_actor_options": {"num_cpus": 1, "resources": {"gpu_pool": 1}}}}
+        with pytest.raises(ValueError, match="gpu_pool"):
+            build_app({"llms": [pool]})
+        fits = {**LLM, "deployment": {"ray_actor_options": {"num_cpus": 1, "resources": {"cpu_pool": 0.5}}}}
+        assert build_app({"llms": [fits]}) is not None
+    finally:
+        ray.shutdown()
+
+
+def test_deployment_options_are_checked():
+    assert error_paths({"llms": [{**LLM, "deployment": {"num_replicas": 2, "autoscaling_config": {"max_replicas": 3}}}]}) == [
+        "llms.0.deployment"
+    ]
+    assert error_paths({"llms": [{**LLM, "deployment": {"replicas": 2}}]}) == ["llms.0.deployment.replicas"]
