@@ -124,6 +124,7 @@ async def run(base_url: str, model: str, levels: list[int], max_tokens: int, req
         r = await run_level(client, model, c, max(c, requests_per_level), max_tokens, extra)
         print(f"  {model} c={c}: {r.tokens_per_s} tok/s, TTFT p50 {r.ttft_p50_s}s p99 {r.ttft_p99_s}s, ITL p50 {r.itl_p50_ms}ms, errors {r.errors}")
         results.append(r)
+    await client.close()
     return results
 
 

@@ -88,6 +88,7 @@ async def _sixteen(base: str, model: str) -> dict:
     client = openai.AsyncOpenAI(base_url=base, api_key="bench", timeout=600, max_retries=0)
     alone = await run_level(client, model, 1, 16, MAX_TOKENS, {"ignore_eos": True})
     together = await run_level(client, model, 16, 16, MAX_TOKENS, {"ignore_eos": True})
+    await client.close()
     print(f"  {model}: one at a time {alone.tokens_per_s} tok/s, 16 together {together.tokens_per_s} tok/s")
     return {"one_at_a_time": asdict(alone), "sixteen_together": asdict(together)}
 
