@@ -69,8 +69,9 @@ class EmbeddingServer:
 
     async def check_health(self) -> None:
         """Called by Ray Serve periodically; a raise gets the replica replaced."""
-        if self.batcher._task is not None and self.batcher._task.done() and not self.batcher._task.cancelled():
-            raise RuntimeError(f"embedding batcher stopped: {self.batcher._task.exception()!r}")
+        failure = self.batcher.failure()
+        if failure is not None:
+            raise RuntimeError(f"embedding batcher stopped: {failure!r}")
 
     async def stats(self) -> dict[str, int]:
         await self.check_health()
@@ -138,6 +139,13 @@ class Batcher:
             await self.queue.put((items[start : start + self.max_items], future))
             parts.append(future)
         return np.concatenate(await asyncio.gather(*parts))
+
+    def failure(self) -> BaseException | None:
+        """Why the batch loop stopped, if it stopped on an error."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
 
     async def _run(self) -> None:
         carry: tuple[list, asyncio.Future] | None = None
