@@ -45,6 +45,9 @@ class IncrementalDetokenizer:
 class StopChecker:
     """Finds OpenAI stop strings in streamed text; the stop string itself is never emitted.
 
+    The output ends where the first stop string to *complete* begins, however the text is
+    chunked.
+
     Text that could be the start of a stop string is held back until the next delta shows
     whether it is one.
     """
@@ -58,10 +61,12 @@ class StopChecker:
         if not self.stops:
             return delta, False
         text = self.pending + delta
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        # The stop string that completes first wins (what a token-by-token generator sees), so
+        # the answer does not depend on how the text was chunked; ties go to the earlier start.
+        hits = [(i + len(s), i) for s in self.stops if (i := text.find(s)) >= 0]
         if hits:
             self.pending = ""
-            return text[: min(hits)], True
+            return text[: min(hits)[1]], True
         hold = 0
         for stop in self.stops:
             for k in range(min(len(stop) - 1, len(text)), hold, -1):

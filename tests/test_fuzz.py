@@ -88,9 +88,10 @@ def test_chat_request_validation_is_total(payload):
 )
 @settings(max_examples=500, deadline=None)
 def test_stop_checker_matches_a_reference(text, stops, cuts):
-    """However the text is chunked, the output is the text up to the earliest stop string."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    expected = (text[: min(hits)], True) if hits else (text, False)
+    """However the text is chunked, the output is the text up to the stop string that completes
+    first (ties: the one that starts first)."""
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
+    expected = (text[: min(hits)[1]], True) if hits else (text, False)
     checker, out, stopped, pos = StopChecker(stops), "", False, 0
     for size in cuts + [len(text)]:
         piece, pos = text[pos : pos + size], pos + size

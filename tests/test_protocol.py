@@ -153,6 +153,9 @@ def run_stops(stops, deltas):
         (["\n\n", "###"], ["a\n", "\nb"], ("a", True)),
         (["###"], ["a#", "#", "b"], ("a##b", False)),
         (["ab", "b"], ["xab"], ("x", True)),
+        # the first stop to complete wins, however the text is chunked (found by hypothesis)
+        (["\n", "X\nX"], ["X\n", "X"], ("X", True)),
+        (["\n", "X\nX"], ["X\nX"], ("X", True)),
         ([], ["free", "text"], ("freetext", False)),
     ],
 )
