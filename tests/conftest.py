@@ -72,6 +72,9 @@ class ServeApp:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        # vLLM's engine processes outlive a replica that is killed (ray stop), ~4.5 GB each;
+        # without this, successive apps in one test session run the machine out of memory.
+        subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True, timeout=30)
 
 
 async def running_after(app: ServeApp, model: str, timeout: float = 30.0) -> int:
