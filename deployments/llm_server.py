@@ -91,6 +91,13 @@ class LLMServer:
         """Called by Ray Serve periodically; a raise gets the replica replaced."""
         await self.engine.check_health()
 
+    async def shutdown(self) -> None:
+        """Stop the engine and release the model (idempotent)."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            logger.info("Stopping the %s engine of %s", engine.info().engine, self.config.id)
+            await engine.shutdown()
+
     # ------------------------------------------------------------------ chat
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         prompt, params, stops = self._prepare_chat(req)

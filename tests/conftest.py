@@ -64,17 +64,31 @@ class ServeApp:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
+        """Ctrl-C, as a user stops it; then make sure nothing of it is left running.
+
+        Raises (a teardown error) if vLLM engine processes outlived a graceful stop: each
+        replica must shut its engine down (``LLMReplica.__del__``).
+        """
+        graceful = False
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=90)
+                graceful = True
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
+        leftovers = engine_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-        # vLLM's engine processes outlive a replica that is killed (ray stop), ~4.5 GB each;
-        # without this, successive apps in one test session run the machine out of memory.
+        # a replica killed by force (not gracefully) leaves its engine behind: clean up anyway
         subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True, timeout=30)
+        assert not (graceful and leftovers), f"vLLM engine processes outlived the app: {leftovers}"
+
+
+def engine_processes() -> list[str]:
+    """Running vLLM engine processes (EngineCore and its workers), as ``pid command`` lines."""
+    out = subprocess.run(["pgrep", "-af", "VLLM::"], capture_output=True, text=True).stdout
+    return out.splitlines()
 
 
 async def running_after(app: ServeApp, model: str, timeout: float = 30.0) -> int:
@@ -98,8 +112,24 @@ def openai_clients(app: ServeApp, timeout: float = 180):
     return openai.OpenAI(**kwargs), openai.AsyncOpenAI(**kwargs)
 
 
+_GRAPH_LOCK = None
+
+
+def hold_graph_lock() -> None:
+    """One test process at a time may run Ray apps on this machine (they stop Ray with
+    ``ray stop --force``, which would take another process's apps down): the first app of a
+    process takes a file lock and keeps it until the process ends."""
+    global _GRAPH_LOCK
+    if _GRAPH_LOCK is None:
+        import fcntl
+
+        _GRAPH_LOCK = open(os.path.join(tempfile.gettempdir(), "openai-serve-graph-tests.lock"), "w")
+        fcntl.flock(_GRAPH_LOCK, fcntl.LOCK_EX)
+
+
 def start_app(config_file: str, tmp: Path, tweak=None, env: dict[str, str] | None = None) -> ServeApp:
     """Start ``config_file`` from the repo on a free port (optionally edited by ``tweak``)."""
+    hold_graph_lock()
     config = yaml.safe_load((REPO / config_file).read_text())
     port = free_port()
     config.setdefault("http_options", {})["port"] = port

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, hold_graph_lock
 
 pytestmark = pytest.mark.graph
 
@@ -66,6 +66,7 @@ def cluster():
 
     from serve_app import build_app
 
+    hold_graph_lock()
     c = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 2, "resources": {"head_node": 1}, "include_dashboard": False},
