@@ -20,6 +20,10 @@ from deployments.llm_server import LLMServer
 
 logger = logging.getLogger("ray.serve")
 
+# Serve's replica states on the way to RUNNING
+STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
+
+
 class LLMReplica(LLMServer):
     """An LLM server as a Ray replica: its engine stops with it.
 
@@ -85,10 +89,14 @@ class Ingress:
                 app = status.applications.get(self.app_name)
                 for route in self.router.routes:
                     deployment = app.deployments.get(self.deployments[route.id]) if app else None
-                    running = bool(deployment and deployment.replica_states.get("RUNNING", 0) > 0)
-                    if running != route.ready:
-                        logger.info("Model %s is %s", route.id, "ready" if running else "not ready (no running replica)")
-                    route.ready = running
+                    replicas = deployment.replica_states if deployment else {}
+                    running = replicas.get("RUNNING", 0) > 0
+                    # not deployed yet, or a replica on its way up: loading; else unavailable
+                    loading = deployment is None or any(replicas.get(s, 0) for s in STARTING_STATES)
+                    if running != route.ready or (not running and loading != route.loading):
+                        state = "ready" if running else "loading" if loading else "unavailable (no replica running or starting)"
+                        logger.info("Model %s is %s", route.id, state)
+                    route.ready, route.loading = running, loading
             except Exception as exc:  # noqa: BLE001 - keep the last known state, try again
                 logger.warning("Could not read Serve status: %r", exc)
             await asyncio.sleep(self.server.status_poll_s)

@@ -35,6 +35,7 @@ class EmbeddingServer:
         self.created = int(time.time())
         started = time.monotonic()
         path = model_store.resolve(config.source)
+        logger.info("Embedding model %s: loading %s", config.id, model_store.describe(path))
         self.model = await asyncio.to_thread(self._load, path)
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length)

@@ -66,6 +66,22 @@ def resolve(source: str, dtype: str = "bfloat16") -> str:
     return source  # a hub id
 
 
+def size_on_disk(path: str | Path) -> int:
+    """Bytes of a file, or of all files under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def describe(source: str | Path) -> str:
+    """``<path> (<size>)`` for local weights, or the hub id, for progress logs."""
+    path = Path(source)
+    if not path.exists():
+        return f"{source} (hub id)"
+    return f"{path} ({size_on_disk(path) / 1e6:.0f} MB)"
+
+
 def prepared_folder(gguf: Path, dtype: str) -> Path:
     name = re.sub(r"\.(q\d\w*|f16|f32|bf16)$", "", gguf.stem, flags=re.IGNORECASE)
     return models_dir() / f"{name}-{dtype}"
@@ -78,7 +94,11 @@ def prepare_gguf(gguf: Path, dtype: str = "bfloat16") -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("Waiting for another process preparing %s", target.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():  # another process finished while we waited
             return target
         _convert(gguf, target, dtype)
@@ -90,11 +110,12 @@ def _convert(gguf: Path, target: Path, dtype: str) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
-    logger.info("Preparing %s -> %s (%s), once", gguf.name, target, dtype)
+    logger.info("Preparing %s -> %s, once: de-quantising %s to %s", target.name, target, describe(gguf), dtype)
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=getattr(torch, dtype))
+    logger.info("Read and de-quantised %s in %.1f s; writing %s", gguf.name, time.monotonic() - started, target.name)
     # A GGUF-loaded model refuses save_pretrained ("quantized with gguf"); the weights are
     # already de-quantised, so drop the quantisation markers and save a plain checkpoint.
     model.hf_quantizer = None
@@ -109,7 +130,7 @@ def _convert(gguf: Path, target: Path, dtype: str) -> None:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(partial)
     os.replace(partial, target)
-    logger.info("Prepared %s in %.1f s", target.name, time.monotonic() - started)
+    logger.info("Prepared %s in %.1f s", describe(target), time.monotonic() - started)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ async def start_engine(config: LLMConfig) -> Engine:
     from deployments import model_store
 
     path = model_store.resolve(config.source, config.dtype)
+    logger.info("Model %s: loading %s", config.id, model_store.describe(path))
     if config.engine in ("vllm", "auto"):
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
