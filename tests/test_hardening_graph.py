@@ -175,3 +175,30 @@ def test_prompts_and_outputs_stay_out_of_the_logs(app):
     if len(output) >= 12:
         assert output not in text, "the output was logged"
     assert request_id in text, "the request id should be in the access log"
+
+
+async def test_official_client_raises_authentication_and_rate_limit_errors(app):
+    """What the client matrix (docs/clients.md) promises: a wrong key is ``AuthenticationError``,
+    a full queue is ``RateLimitError`` carrying ``Retry-After`` (with retries off, to see it)."""
+    import openai
+
+    from tests.conftest import openai_clients
+
+    client, aclient = openai_clients(app)
+    with pytest.raises(openai.AuthenticationError) as e:
+        client.with_options(api_key="sk-wrong").models.list()
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+    aclient = aclient.with_options(api_key=KEY)
+
+    async def one():
+        try:
+            await aclient.chat.completions.create(**chat_body("tiny-capacity"))
+            return "ok"
+        except openai.RateLimitError as exc:
+            return exc
+
+    outcomes = await asyncio.gather(*(one() for _ in range(24)))  # 3x the 4 running + 4 queued
+    limited = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    assert limited and "ok" in outcomes, outcomes
+    assert all(o.status_code == 429 and o.response.headers["retry-after"] == "1" for o in limited)
+    assert all(o.body["type"] == "rate_limit_error" for o in limited)
