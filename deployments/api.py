@@ -12,6 +12,7 @@ text for streams, and raise :class:`APIError` for client mistakes.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -20,11 +21,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import protocol, sse
+from deployments import metrics, protocol, responses, sse
 from deployments.auth import Key, KeyStore, bearer
 from deployments.config import ServerConfig
 from deployments.errors import APIError, ErrorKind, internal, invalid, model_not_found, unavailable
-from deployments.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from deployments.health import READY, model_states
+from deployments.moderations import add_moderations_route
+from deployments.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    ResponsesRequest,
+    TokenizeRequest,
+)
+from deployments.responses import ResponseStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -42,6 +53,7 @@ class ModelRoute:
     stream_handle: Any = None
     card: dict[str, Any] | None = None  # filled from the deployment's info() on first use
     ready: bool = True  # a running replica exists (kept up to date by the ingress deployment)
+    loading: bool = True  # while not ready: a replica is starting (else the model is unavailable)
 
     def __post_init__(self) -> None:
         if self.stream_handle is None:
@@ -75,6 +87,11 @@ class Router:
             raise unavailable(f"The model '{model}' is loading or has no healthy replica; retry shortly.", self.retry_after_s)
         return route
 
+    def id_of(self, model: str) -> str | None:
+        """The id of the model ``model`` names (an id or an alias), or None."""
+        route = self._by_name.get(model)
+        return route.id if route else None
+
     @staticmethod
     def allowed(route: ModelRoute, key: Key | None) -> bool:
         return key is None or key.models is None or bool(key.models & {route.id, *route.aliases})
@@ -99,6 +116,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "a completion, or an SSE stream of chunks when stream is true"}
+
+
+# The Responses API's stream: typed events, each with an ``event:`` name and a JSON ``data:`` line.
+RESPONSE_EVENTS = {
+    "content": {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                "required": ["event", "data"],
+            }
+        }
+    },
+    "description": "a response object, or an SSE stream of typed events when stream is true",
+}
 
 
 def _adapter_cards(card: dict[str, Any]) -> list[dict[str, Any]]:
@@ -268,6 +300,7 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
             expose_headers=["Retry-After"],
         )
     app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
+    metrics.install(app, router)  # outermost: sees every answer, 401s and 413s included
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -296,19 +329,9 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
 
     @app.get("/health", responses={503: {"description": "a model deployment is loading or down"}})
     async def health() -> JSONResponse:
-        """Every model deployment's state (ready with its load, or unavailable); 503 if any is down."""
-        models: dict[str, Any] = {}
-        healthy = True
-        for route in router.routes:
-            if not route.ready:
-                healthy = False
-                models[route.id] = {"status": "loading or unavailable"}
-                continue
-            try:
-                models[route.id] = {"status": "ready", **await route.handle.stats.remote()}
-            except Exception as exc:  # noqa: BLE001
-                healthy = False
-                models[route.id] = {"status": "unavailable", "error": type(exc).__name__}
+        """Every model deployment's state (ready with its load, loading, or unavailable); 503 unless all are ready."""
+        models = await model_states(router.routes)
+        healthy = all(state["status"] == READY for state in models.values())
         headers = {} if healthy else {"Retry-After": str(retry)}
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", "models": models}, status_code=200 if healthy else 503, headers=headers
@@ -345,6 +368,7 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
     @app.post("/v1/chat/completions", responses={200: {"model": protocol.ChatCompletion, **SSE}, **ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """``CreateChatCompletionRequest`` -> completion, or an SSE stream of chunks."""
+        request.state.model = router.id_of(body.model)  # the metrics' model label (errors too)
         route = router.get(body.model, LLM, request.state.key)
         check_max_tokens(body.max_completion_tokens, "max_completion_tokens")
         check_max_tokens(body.max_tokens, "max_tokens")
@@ -355,6 +379,7 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
     @app.post("/v1/completions", responses={200: {"model": protocol.TextCompletion, **SSE}, **ERRORS})
     async def completions(body: CompletionRequest, request: Request) -> Response:
         """``CreateCompletionRequest`` (legacy completions)."""
+        request.state.model = router.id_of(body.model)
         route = router.get(body.model, LLM, request.state.key)
         check_max_tokens(body.max_tokens, "max_tokens")
         if body.stream:
@@ -364,7 +389,105 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
     @app.post("/v1/embeddings", responses={200: {"model": protocol.EmbeddingList}, **ERRORS})
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         """``CreateEmbeddingRequest`` -> ``CreateEmbeddingResponse``."""
+        request.state.model = router.id_of(body.model)
         route = router.get(body.model, EMBEDDING, request.state.key)
         return await call(route.handle.embed, body)
 
+    add_moderations_route(app)  # not served: a clear 404 body
+    _add_responses_routes(app, router, ResponseStore(server.responses_store_size), check_max_tokens, retry)
+    _add_tokenizer_routes(app, router)
     return app
+
+
+def _add_tokenizer_routes(app: FastAPI, router: Router) -> None:
+    """``/tokenize`` and ``/detokenize`` (vLLM's routes and shapes; also under ``/v1``)."""
+
+    async def relay(method, body) -> JSONResponse:
+        try:
+            return JSONResponse(await method.remote(body))
+        except Exception as exc:  # noqa: BLE001
+            return _error_response(as_api_error(exc, router.retry_after_s))
+
+    @app.post("/tokenize", responses={**ERRORS})
+    @app.post("/v1/tokenize", include_in_schema=False)
+    async def tokenize(body: TokenizeRequest, request: Request) -> JSONResponse:
+        """A prompt, or chat messages as the model's template renders them, to token ids."""
+        request.state.model = router.id_of(body.model)
+        return await relay(router.get(body.model, LLM, request.state.key).handle.tokenize, body)
+
+    @app.post("/detokenize", responses={**ERRORS})
+    @app.post("/v1/detokenize", include_in_schema=False)
+    async def detokenize(body: DetokenizeRequest, request: Request) -> JSONResponse:
+        """Token ids to text."""
+        request.state.model = router.id_of(body.model)
+        return await relay(router.get(body.model, LLM, request.state.key).handle.detokenize, body)
+
+
+def _add_responses_routes(app: FastAPI, router: Router, store: ResponseStore, check_max_tokens, retry: int) -> None:
+    """``/v1/responses``: translated to a chat completion of the model (``responses.py``)."""
+
+    @app.post("/v1/responses", responses={200: RESPONSE_EVENTS, **ERRORS})
+    async def create_response(body: ResponsesRequest, request: Request) -> Response:
+        """``CreateResponse``: text or message input, instructions, function tools, text formats,
+        streaming, ``previous_response_id``."""
+        request.state.model = router.id_of(body.model)
+        route = router.get(body.model, LLM, request.state.key)
+        check_max_tokens(body.max_output_tokens, "max_output_tokens")
+        history = store.get(body.previous_response_id, "previous_response_id").messages if body.previous_response_id else []
+        chat, conversation = responses.to_chat(body, history)
+        rid, created = responses._id("resp"), time.time()
+        if not body.stream:
+            try:
+                completion = await route.handle.chat.remote(chat)
+            except Exception as exc:  # noqa: BLE001
+                return _error_response(responses.rename_param(as_api_error(exc, retry)))
+            request.state.usage = completion["usage"]  # for the metrics: this route builds its own answer
+            response = responses.from_chat(body, rid, created, completion)
+            if body.store is not False:
+                store.put(response, conversation + responses.as_chat_messages(response["output"]))
+            return JSONResponse(response)
+        try:
+            iterator = route.stream_handle.chat_stream.remote(chat).__aiter__()
+            first = await iterator.__anext__()
+        except Exception as exc:  # noqa: BLE001 - a request error before the stream: a real 4xx
+            return _error_response(responses.rename_param(as_api_error(exc, retry)))
+        translator = responses.StreamTranslator(body, rid, created)
+
+        async def events() -> AsyncIterator[str]:
+            for event in translator.start():
+                yield event
+            message: str | None = first
+            try:
+                while message is not None:
+                    for payload in sse.data_payloads(message):
+                        if payload is sse.DONE:
+                            continue
+                        if "error" in payload:
+                            for event in translator.error(payload):
+                                yield event
+                            return
+                        for event in translator.feed(payload):
+                            yield event
+                    message = await anext(iterator, None)
+            except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a cut stream
+                for event in translator.error(as_api_error(exc, retry).body()):
+                    yield event
+                return
+            for event in translator.finish():
+                yield event
+            request.state.usage = translator.usage
+            if body.store is not False:
+                store.put(translator.response, conversation + responses.as_chat_messages(translator.response["output"]))
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/responses/{response_id}", responses={**ERRORS})
+    async def get_response(response_id: str) -> JSONResponse:
+        """A stored response."""
+        return JSONResponse(store.get(response_id).response)
+
+    @app.delete("/v1/responses/{response_id}", responses={**ERRORS})
+    async def delete_response(response_id: str) -> JSONResponse:
+        """Forget a stored response."""
+        store.delete(response_id)
+        return JSONResponse({"id": response_id, "object": "response", "deleted": True})

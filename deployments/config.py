@@ -188,6 +188,9 @@ class ServerConfig(_Config):
         None, ge=1, description="Largest max_tokens / max_completion_tokens a request may ask for."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429 and 503 answers.")
+    responses_store_size: int = Field(
+        1000, ge=0, description="Responses kept in memory per ingress replica for previous_response_id (0: none)."
+    )
     status_poll_s: float = Field(
         1.0, gt=0, description="How often the ingress reads which model deployments have a running replica."
     )

@@ -11,20 +11,30 @@ message, so the hops behind it (Ray, the ingress, the HTTP proxy) carry few, sma
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator
 
-from deployments import protocol, sse
+from deployments import protocol, sse, tools
 from deployments.config import LLMConfig
-from deployments.engines.base import Engine, LoRARef, SamplingParams, TokenLogprob
+from deployments.engines.base import Engine, InvalidRequest, LoRARef, SamplingParams, TokenLogprob
 from deployments.errors import APIError, ErrorKind, invalid, unavailable
 from deployments.protocol import ChatCompletionRequest, CompletionRequest
 from deployments.text import IncrementalDetokenizer, StopChecker
 
 logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class ToolMode:
+    """How a chat request uses tools: the functions it may call, and whether decoding is
+    constrained to a call (``tool_choice`` required or named)."""
+
+    names: set[str]
+    forced: bool
 
 
 @dataclass
@@ -73,7 +83,8 @@ class LLMServer:
             "created": self.created,
             "owned_by": self.config.owned_by,
             "aliases": self.config.aliases,
-            "capabilities": ["chat.completions", "completions"],
+            "capabilities": ["chat.completions", "completions", "tools", "tokenize"]
+            + (["tool_choice.required", "response_format.json_schema"] if self.engine.structured_outputs else []),
             "context_length": info.max_model_len,
             "engine": info.engine,
             "engine_reason": info.reason,
@@ -83,7 +94,8 @@ class LLMServer:
         }
 
     async def stats(self) -> dict[str, int]:
-        """Engine load (running, waiting, peak_running); raises if the engine is unhealthy."""
+        """Engine load (running, waiting, peak_running; kv_cache_usage where the engine reports it);
+        raises if the engine is unhealthy."""
         await self.engine.check_health()
         return self.engine.stats()
 
@@ -100,22 +112,41 @@ class LLMServer:
 
     # ------------------------------------------------------------------ chat
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        prompt, params, stops = self._prepare_chat(req)
+        prompt, params, stops, mode = self._prepare_chat(req)
         rid = protocol.new_id("chatcmpl")
         texts, finishes, logprobs, produced = await self._collect(rid, prompt, params, stops, req.n or 1, self._lora(req.model))
-        choices = [
-            protocol.chat_choice(i, texts[i], finishes[i], self._chat_logprobs(logprobs[i]) if req.logprobs else None)
-            for i in range(len(texts))
-        ]
+        choices = []
+        for i, text in enumerate(texts):
+            content, calls = tools.parse(text, mode.names) if mode else (text, [])
+            choices.append(
+                protocol.chat_choice(
+                    i,
+                    content if content or not calls else None,
+                    "tool_calls" if calls else finishes[i],
+                    self._chat_logprobs(logprobs[i]) if req.logprobs else None,
+                    [c.as_dict() for c in calls],
+                )
+            )
         return protocol.chat_completion(rid, protocol.now(), req.model, choices, protocol.usage(len(prompt), produced))
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        prompt, params, stops = self._prepare_chat(req)
+        prompt, params, stops, mode = self._prepare_chat(req)
         rid, created, model, n = protocol.new_id("chatcmpl"), protocol.now(), req.model, req.n or 1
         lora = self._lora(req.model)
+        # with tools, text that may be a call is held back until it can be parsed
+        splitters = [tools.StreamSplitter(mode.names) for _ in range(n)] if mode else None
 
         def chunk(choices, usage=None) -> str:
             return sse.event(protocol.chat_chunk(rid, created, model, choices, usage))
+
+        def calls_chunks(index: int, calls: list[tools.ToolCall]) -> list[str]:
+            out = []
+            for k, call in enumerate(calls):  # the call's identity first, then its arguments
+                head = {"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+                out.append(chunk([protocol.chat_chunk_choice(index, {"tool_calls": [head]})]))
+                args = {"index": k, "function": {"arguments": call.arguments}}
+                out.append(chunk([protocol.chat_chunk_choice(index, {"tool_calls": [args]})]))
+            return out
 
         async def events() -> AsyncIterator[str]:
             yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
@@ -124,31 +155,89 @@ class LLMServer:
                 async for d in deltas:
                     produced += len(d.token_ids)
                     lp = self._chat_logprobs(d.logprobs) if req.logprobs else None
-                    if d.text or lp:
-                        yield chunk([protocol.chat_chunk_choice(d.index, {"content": d.text}, None, lp)])
+                    text = splitters[d.index].feed(d.text) if splitters else d.text
+                    if text or lp:
+                        yield chunk([protocol.chat_chunk_choice(d.index, {"content": text}, None, lp)])
                     if d.finish_reason:
-                        yield chunk([protocol.chat_chunk_choice(d.index, {}, d.finish_reason)])
+                        finish = d.finish_reason
+                        if splitters:
+                            rest, calls = splitters[d.index].finish()
+                            if rest:
+                                yield chunk([protocol.chat_chunk_choice(d.index, {"content": rest})])
+                            for message in calls_chunks(d.index, calls):
+                                yield message
+                            finish = "tool_calls" if calls else finish
+                        yield chunk([protocol.chat_chunk_choice(d.index, {}, finish)])
             if req.include_usage:
                 yield chunk([], protocol.usage(len(prompt), produced))
+            yield sse.usage_comment(protocol.usage(len(prompt), produced))  # for the ingress's metrics
             yield sse.DONE
 
         async with aclosing(self._coalesce(events())) as messages:
             async for message in messages:
                 yield message
 
-    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, list[str]]:
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": protocol.message_text(m.content)}
-            for m in req.messages
-        ]
-        try:
-            prompt = self.tokenizer.chat_prompt(messages)
-        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
-            raise invalid(f"The model's chat template rejected these messages: {exc}", "messages") from exc
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, list[str], ToolMode | None]:
+        use_tools = bool(req.tools) and req.tool_choice != "none"
+        prompt = self._render_chat(req.messages, req.tool_dicts if use_tools else None)
         params = self._sampling(req, len(prompt), req.max_new_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
         if req.logprobs:
             params.logprobs = req.top_logprobs or 0
-        return prompt, params, req.stop_list
+        mode = None
+        if use_tools:
+            named = req.tool_choice.function.name if isinstance(req.tool_choice, protocol.NamedToolChoice) else None
+            forced = named is not None or req.tool_choice == "required"
+            mode = ToolMode({t.function.name for t in req.tools}, forced)
+            if forced:
+                schema = tools.call_schema(req.tool_dicts, named, req.parallel_tool_calls is not False)
+                params.json_schema = self._checked_schema(schema, "tool_choice")
+        elif req.json_schema is not None:
+            params.json_schema = self._checked_schema(req.json_schema, "response_format")
+        return prompt, params, req.stop_list, mode
+
+    def _render_chat(self, messages: list, tool_dicts: list[dict[str, Any]] | None) -> list[int]:
+        """The prompt for the assistant's next turn: the chat template over the messages, with
+        the tools (in the template's own terms where it knows tools, else as a system section)."""
+        native = bool(tool_dicts) and self.tokenizer.supports_tools
+        rendered = self._chat_messages(messages, native)
+        if tool_dicts and not native:
+            section = tools.system_prompt(tool_dicts)
+            if rendered[0]["role"] == "system":
+                rendered[0] = {**rendered[0], "content": rendered[0]["content"] + "\n\n" + section}
+            else:
+                rendered.insert(0, {"role": "system", "content": section})
+        try:
+            return self.tokenizer.chat_prompt(rendered, tool_dicts if native else None)
+        except Exception as exc:  # a template that rejects the conversation (e.g. role order)
+            raise invalid(f"The model's chat template rejected these messages: {exc}", "messages") from exc
+
+    def _chat_messages(self, messages: list, native_tools: bool) -> list[dict[str, Any]]:
+        """The conversation as chat-template messages. Earlier tool calls and their results are
+        passed in the template's own terms where it knows tools, else written as text."""
+        out = []
+        for m in messages:
+            role = "system" if m.role == "developer" else m.role
+            message: dict[str, Any] = {"role": role, "content": protocol.message_text(m.content)}
+            calls = getattr(m, "tool_calls", None)
+            if calls and native_tools:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
+                    for c in calls
+                ]
+            elif calls:
+                written = "\n".join(tools.call_text(c.function.name, c.function.arguments) for c in calls)
+                message["content"] = (message["content"] + "\n" if message["content"] else "") + written
+            if role == "tool" and native_tools:
+                message["tool_call_id"] = m.tool_call_id
+            out.append(message)
+        return out
+
+    def _checked_schema(self, schema: dict[str, Any], param: str) -> dict[str, Any]:
+        try:
+            self.engine.check_structured(schema)
+        except InvalidRequest as exc:
+            raise invalid(str(exc), param, "unsupported_schema") from exc
+        return schema
 
     def _chat_logprobs(self, items: list[TokenLogprob] | None) -> list[dict[str, Any]]:
         def entry(token_id: int, logprob: float) -> dict[str, Any]:
@@ -160,17 +249,40 @@ class LLMServer:
             for item in items or []
         ]
 
+    # ------------------------------------------------------------------ tokenizer
+    async def tokenize(self, req: protocol.TokenizeRequest) -> dict[str, Any]:
+        if req.prompt is not None:
+            ids = self.tokenizer.encode(req.prompt)
+        else:
+            ids = self._render_chat(req.messages, [t.model_dump(exclude_none=True) for t in req.tools or []] or None)
+        out: dict[str, Any] = {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
+        if req.return_token_strs:
+            out["token_strs"] = [self.tokenizer.token_text(t) for t in ids]
+        return out
+
+    async def detokenize(self, req: protocol.DetokenizeRequest) -> dict[str, Any]:
+        if self.vocab_size is not None and any(not 0 <= t < self.vocab_size for t in req.tokens):
+            raise invalid(f"Token ids must be in [0, {self.vocab_size}).", "tokens")
+        return {"prompt": self.tokenizer.decode(req.tokens)}
+
     # ------------------------------------------------------------------ legacy completions
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
         rid, n, lora = protocol.new_id("cmpl"), req.n or 1, self._lora(req.model)
+        candidates = max(req.best_of or n, n)
         prepared = [self._prepare_completion(req, p, i) for i, p in enumerate(req.prompts())]
+        if candidates > n:  # ranking needs each token's log-probability
+            for _, params in prepared:
+                params.logprobs = params.logprobs or 0
         results = await asyncio.gather(
-            *(self._collect(f"{rid}-{i}", prompt, params, req.stop_list, n, lora) for i, (prompt, params) in enumerate(prepared))
+            *(self._collect(f"{rid}-{i}", prompt, params, req.stop_list, candidates, lora) for i, (prompt, params) in enumerate(prepared))
         )
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for p_index, ((prompt, _), (texts, finishes, logprobs, produced)) in enumerate(zip(prepared, results)):
             prompt_tokens += len(prompt)
-            completion_tokens += produced
+            completion_tokens += produced  # every candidate was generated, and counts
+            if candidates > n:  # best_of: the n candidates with the highest total log-probability
+                best = sorted(range(candidates), key=lambda j: -sum(lp.logprob for lp in logprobs[j]))[:n]
+                texts, finishes, logprobs = [texts[j] for j in best], [finishes[j] for j in best], [logprobs[j] for j in best]
             echo = self.tokenizer.decode(prompt) if req.echo else ""
             for j in range(n):
                 lp = self._completion_logprobs(logprobs[j], len(echo)) if req.logprobs is not None else None
@@ -204,8 +316,10 @@ class LLMServer:
                     offsets[index] += len(d.text)
                     if d.text or lp or d.finish_reason:
                         yield chunk([protocol.completion_choice(index, d.text, d.finish_reason, lp)])
+            usage = protocol.usage(sum(len(p) for p, _ in prepared), produced)
             if req.include_usage:
-                yield chunk([], protocol.usage(sum(len(p) for p, _ in prepared), produced))
+                yield chunk([], usage)
+            yield sse.usage_comment(usage)  # for the ingress's metrics
             yield sse.DONE
 
         async with aclosing(self._coalesce(events())) as messages:
@@ -347,6 +461,14 @@ class LLMServer:
             yield "".join(buffer)
 
 
+def _json_or_text(text: str) -> Any:
+    """Tool-call arguments as templates expect them (an object), or the text if it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
     """An engine that fails mid-request is the server's trouble, not the client's: the client
     gets a 503 it may retry (the failure is logged, and the engine's health check makes Ray
@@ -357,6 +479,8 @@ async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
                 yield item
     except APIError:
         raise
+    except InvalidRequest as exc:
+        raise invalid(str(exc), exc.param) from exc
     except Exception as exc:  # noqa: BLE001
         logger.error("engine failed during a request: %r", exc)
         raise unavailable("The model's engine failed while generating; retry shortly.") from exc

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from deployments.errors import APIError, ErrorKind, invalid, unsupported
 
@@ -54,16 +54,112 @@ class UserMessage(_Request):
     name: str | None = None
 
 
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str = Field(description="JSON text of the arguments object")
+
+
+class ToolCallIn(_Request):
+    """A call the assistant made earlier, sent back in the conversation."""
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(_Request):
     role: Literal["assistant"]
     content: Content | None = None
     name: str | None = None
     refusal: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    annotations: list[Any] | None = None  # of an answer sent back as it came: output-only, no effect
+    function_call: Any = None  # deprecated; rejected by the request's check
+    audio: Any = None  # rejected by the request's check
+
+
+class ToolMessage(_Request):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
 
 
 ChatMessage = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage], Field(discriminator="role")
+    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
 ]
+
+
+def check_json_schema(schema: dict[str, Any]) -> None:
+    """Raise ValueError unless ``schema`` is a valid JSON schema (Draft 2020-12)."""
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from exc
+
+
+def _schema_or_none(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        check_json_schema(value)
+    return value
+
+
+#: a JSON schema given in a request (tool parameters, a response format), checked on arrival
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_schema_or_none)]
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    parameters: JsonSchema | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], NamedToolChoice]
+
+
+class JsonSchemaFormat(_Request):
+    name: str = Field(pattern=FUNCTION_NAME)
+    description: str | None = None
+    schema_: JsonSchema | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Request):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"]
+
+
+class JsonSchemaResponseFormat(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaResponseFormat], Field(discriminator="type")]
+
+#: what ``{"type": "json_object"}`` asks for: some JSON object
+ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def message_text(content: Content | None) -> str:
@@ -142,17 +238,17 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[FunctionTool], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Spec fields this server accepts and has no use for: they change nothing in the answer.
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
-    # Spec fields not supported yet; kept here so the 400 names them instead of "extra field".
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    # Spec fields not supported; kept here so the 400 names them instead of "extra field".
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -164,17 +260,17 @@ class ChatCompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _check_chat(self):
-        for name in ("tools", "functions", "audio", "prediction", "web_search_options"):
+        for name in ("functions", "audio", "prediction", "web_search_options"):
             if getattr(self, name):
-                raise unsupported(name)
-        if self.tool_choice not in (None, "none"):
-            raise unsupported("tool_choice")
+                raise unsupported(name, "use tools and tool_choice" if name == "functions" else None)
         if self.function_call not in (None, "none"):
-            raise unsupported("function_call")
+            raise unsupported("function_call", "use tools and tool_choice")
         if self.modalities not in (None, ["text"]):
             raise unsupported("modalities", "only ['text'] is served")
-        if self.response_format not in (None, {"type": "text"}):
-            raise unsupported("response_format", "only {'type': 'text'} is served yet")
+        for i, m in enumerate(self.messages):
+            if isinstance(m, AssistantMessage) and (m.function_call or m.audio):
+                raise unsupported(f"messages[{i}].{'function_call' if m.function_call else 'audio'}")
+        self._check_tools()
         if self.top_logprobs and not self.logprobs:
             raise invalid("top_logprobs requires logprobs to be true.", "top_logprobs")
         if self.max_tokens and self.max_completion_tokens and self.max_tokens != self.max_completion_tokens:
@@ -184,9 +280,37 @@ class ChatCompletionRequest(_Sampling):
             )
         return self
 
+    def _check_tools(self) -> None:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise invalid("Tool function names must be unique.", "tools")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise invalid("tool_choice is only allowed when tools are given.", "tool_choice")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise invalid(f"tool_choice names the function '{self.tool_choice.function.name}', which is not among tools.", "tool_choice")
+        if self.parallel_tool_calls is not None and not self.tools:
+            raise invalid("parallel_tool_calls is only allowed when tools are given.", "parallel_tool_calls")
+        if self.tools and self.response_format is not None and self.response_format.type != "text" and self.tool_choice != "none":
+            raise unsupported("response_format", "a JSON response_format together with tools is not served; use one or the other")
+
     @property
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        """The tools as plain dicts (what chat templates and prompts take)."""
+        return [t.model_dump(exclude_none=True) for t in self.tools or []]
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema ``response_format`` asks the output to follow, if any."""
+        rf = self.response_format
+        if isinstance(rf, JsonObjectFormat):
+            return ANY_JSON_OBJECT
+        if isinstance(rf, JsonSchemaResponseFormat):
+            return rf.json_schema.schema_ or ANY_JSON_OBJECT
+        return None
 
 
 Prompt = Union[
@@ -211,8 +335,13 @@ class CompletionRequest(_Sampling):
     def _check_completion(self):
         if self.suffix:
             raise unsupported("suffix", "the served models have no fill-in-the-middle mode")
-        if self.best_of not in (None, 1) and self.best_of != (self.n or 1):
-            raise unsupported("best_of", "only best_of equal to n is served yet")
+        if self.best_of is not None:
+            if self.best_of < (self.n or 1):
+                raise invalid(f"best_of ({self.best_of}) must be at least n ({self.n or 1}).", "best_of")
+            if self.best_of > MAX_N:
+                raise invalid(f"best_of is at most {MAX_N} on this server.", "best_of")
+            if self.stream and self.best_of > (self.n or 1):
+                raise invalid("best_of greater than n cannot be streamed.", "best_of")
         if self.echo and self.stream:
             raise unsupported("echo", "echo is not available with stream")
         return self
@@ -262,6 +391,166 @@ class EmbeddingRequest(_Request):
         return list(v)  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- Responses API
+class InputText(_Request):
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[Any] | None = None  # output_text echoed back from an earlier response
+    logprobs: list[Any] | None = None
+
+
+class InputMessage(_Request):
+    """``EasyInputMessage`` / ``InputMessage``: a message in a response's input."""
+
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: Union[str, Annotated[list[InputText], Field(min_length=1)]]
+    id: str | None = None  # an earlier output message echoed back
+    status: str | None = None
+
+
+class FunctionCallItem(_Request):
+    """A ``function_call`` output item of an earlier response, sent back as input."""
+
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Request):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+    id: str | None = None
+    status: str | None = None
+
+
+def _item_kind(value: Any) -> str:
+    return value.get("type") or "message" if isinstance(value, dict) else getattr(value, "type", None) or "message"
+
+
+InputItem = Annotated[
+    Union[
+        Annotated[InputMessage, Tag("message")],
+        Annotated[FunctionCallItem, Tag("function_call")],
+        Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    ],
+    Discriminator(_item_kind),
+]
+
+
+class ResponsesFunctionTool(FunctionDefinition):
+    """The Responses API's flat function tool: a function definition with ``type``."""
+
+    type: Literal["function"]
+
+
+class ResponsesNamedTool(_Request):
+    type: Literal["function"]
+    name: str
+
+
+class ResponsesJsonSchemaFormat(JsonSchemaFormat):
+    """The Responses API's flat ``text.format`` for a JSON schema."""
+
+    type: Literal["json_schema"]
+    schema_: JsonSchema = Field(alias="schema")
+
+
+class ResponsesText(_Request):
+    format: Annotated[Union[TextFormat, JsonObjectFormat, ResponsesJsonSchemaFormat], Field(discriminator="type")] | None = None
+    verbosity: str | None = None
+
+
+class ResponsesStreamOptions(_Request):
+    include_obfuscation: bool | None = None
+
+
+class ResponsesRequest(_Request):
+    """``POST /v1/responses`` (``CreateResponse``): text or message input, instructions, function
+    tools, structured text, streaming, and ``previous_response_id`` chains."""
+
+    model: str = Field(description="Id of a chat model listed by GET /v1/models.", examples=["smollm2-135m-instruct"])
+    input: Union[str, Annotated[list[InputItem], Field(min_length=1)]]
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: Annotated[list[ResponsesFunctionTool], Field(max_length=128)] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], ResponsesNamedTool] | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponsesText | None = None
+    stream: bool | None = False
+    stream_options: ResponsesStreamOptions | None = None
+    store: bool | None = True
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    truncation: Literal["disabled", "auto"] | None = None
+    # accepted, no effect on the answer
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    # spec fields not served: the 400 names them
+    background: bool | None = None
+    conversation: Any = None
+    include: list[str] | None = None
+    max_tool_calls: int | None = None
+    prompt: Any = None
+    reasoning: Any = None
+    context_management: Any = None
+    moderation: Any = None
+    prompt_cache_options: Any = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        for name in ("background", "conversation", "include", "max_tool_calls", "prompt", "reasoning", "context_management", "moderation", "prompt_cache_options"):
+            if getattr(self, name):
+                raise unsupported(name)
+        if self.truncation == "auto":
+            raise unsupported("truncation", "only 'disabled' is served: a too-long input is a 400")
+        if self.stream_options is not None and not self.stream:
+            raise invalid("stream_options is only allowed when stream is true.", "stream_options")
+        if self.text is not None and self.text.verbosity not in (None, "medium"):
+            raise unsupported("text.verbosity")
+        return self
+
+
+# --------------------------------------------------------------------------- tokenizer routes
+class TokenizeRequest(_Request):
+    """``POST /tokenize`` (vLLM's extension): ``prompt`` text, or chat ``messages`` (and ``tools``)
+    rendered by the model's chat template."""
+
+    model: str
+    prompt: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    tools: list[FunctionTool] | None = None
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise invalid("Give either prompt or messages.", "prompt" if self.prompt is None else "messages")
+        if self.tools and self.messages is None:
+            raise invalid("tools are only used with messages.", "tools")
+        if not self.add_generation_prompt:
+            raise unsupported("add_generation_prompt", "messages are rendered as a prompt for the assistant's answer")
+        return self
+
+
+class DetokenizeRequest(_Request):
+    """``POST /detokenize``: token ids back to text."""
+
+    model: str
+    tokens: list[int]
+
+
 # --------------------------------------------------------------------------- validation errors
 def param_path(loc: tuple[Any, ...]) -> str | None:
     """``("messages", 0, "content")`` -> ``"messages[0].content"`` (OpenAI's notation).
@@ -275,15 +564,20 @@ def param_path(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+# discriminated unions put the member's tag after the field name
+_UNION_TAGS = {fmt: {"text", "json_object", "json_schema"} for fmt in ("response_format", "format")}
+
+
 def _path_parts(loc: tuple[Any, ...]):
     previous: Any = None
     for part in loc:
-        if isinstance(part, int) or (part != "body" and not _is_type_tag(part, after_index=isinstance(previous, int))):
+        tag = part in _UNION_TAGS.get(previous, ()) if isinstance(previous, str) else False
+        if isinstance(part, int) or (part != "body" and not tag and not _is_type_tag(part, after_index=isinstance(previous, int))):
             yield part
         previous = part
 
 
-_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool"}
+_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool", "message", "function_call", "function_call_output"}
 
 
 def _is_type_tag(part: str, after_index: bool) -> bool:
@@ -356,10 +650,15 @@ def chat_completion(
     }
 
 
-def chat_choice(index: int, text: str, finish_reason: str, logprobs: list | None) -> dict[str, Any]:
+def chat_choice(
+    index: int, text: str | None, finish_reason: str, logprobs: list | None, tool_calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "index": index,
-        "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []},
+        "message": message,
         "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
         "finish_reason": finish_reason,
     }
@@ -485,10 +784,22 @@ class Usage(_Response):
     total_tokens: int
 
 
+class FunctionCallOut(_Response):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallOut
+
+
 class AssistantMessageOut(_Response):
     role: Literal["assistant"]
     content: str | None
     refusal: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoiceOut(_Response):

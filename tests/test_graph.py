@@ -180,6 +180,14 @@ def test_embeddings_single_list_and_semantics(client, graph):
     ).json()
     for f, b in zip(raw["data"], b64["data"]):
         assert np.allclose(np.frombuffer(base64.b64decode(b["embedding"]), "<f4"), f["embedding"], atol=1e-6)
+    # token ids (one list, or one list per input) give the vectors of the same text
+    ids = minilm_tokenizer()(words, add_special_tokens=False)["input_ids"]
+    one = client.embeddings.create(model=EMBED_MODEL, input=ids[0], encoding_format="float")
+    many = client.embeddings.create(model=EMBED_MODEL, input=ids, encoding_format="float")
+    assert np.allclose(one.data[0].embedding, raw["data"][0]["embedding"], atol=1e-5)
+    for f, t in zip(raw["data"], many.data):
+        assert np.allclose(t.embedding, f["embedding"], atol=1e-5)
+    assert many.usage.prompt_tokens == out.usage.prompt_tokens
 
 
 # --------------------------------------------------------------------------- errors
@@ -195,9 +203,9 @@ def test_client_errors_are_4xx_naming_the_parameter(client):
     assert "2048" in e.value.message and e.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(
-            model=CHAT_MODEL, messages=FRANCE, response_format={"type": "json_object"}
+            model=CHAT_MODEL, messages=FRANCE, response_format={"type": "json_schema", "json_schema": {"schema": {}}}
         )
-    assert e.value.body["param"] == "response_format"
+    assert e.value.body["param"] == "response_format.json_schema.name"
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model=CHAT_MODEL, input="x")
     assert e.value.body["param"] == "model"

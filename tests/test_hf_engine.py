@@ -146,3 +146,31 @@ async def test_lora_adapter_changes_its_requests_only(engine, tmp_path):
     assert adapted != base, "the adapter should change the greedy answer"
     assert base_again == base, "a base request batched with an adapter request must be unaffected"
     assert await run_with(lora, "lora-again") == adapted  # cached, same answer
+
+
+async def test_json_schema_constrains_every_row_of_a_mixed_batch(engine):
+    """Grammar rows and free rows decode together; every grammar row ends as a valid document."""
+    import json
+
+    import jsonschema
+
+    from deployments.engines.base import InvalidRequest
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}, "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["city", "rank"],
+        "additionalProperties": False,
+    }
+    constrained = [
+        run(engine, "Name a city and rank it.", f"js{i}", temperature=1.0, seed=i, max_tokens=40, json_schema=schema)
+        for i in range(4)
+    ]
+    free = [run(engine, "Name a city and rank it.", f"free{i}", temperature=1.0, seed=i, max_tokens=20) for i in range(2)]
+    results = await asyncio.gather(*constrained, *free)
+    for ids, finish in results[:4]:
+        assert finish == "stop"
+        jsonschema.validate(json.loads(engine.tokenizer.decode(ids)), schema)
+    assert any(not engine.tokenizer.decode(ids).startswith("{") for ids, _ in results[4:])  # free rows stay free
+    with pytest.raises(InvalidRequest):
+        engine.check_structured({"type": "string", "pattern": "(?<=a)b"})

@@ -29,6 +29,12 @@ def error_for(model, payload) -> APIError:
     raise AssertionError(f"{payload} was accepted")
 
 
+TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
 @pytest.mark.parametrize(
     "change, param",
     [
@@ -46,8 +52,16 @@ def error_for(model, payload) -> APIError:
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0]"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content[0].type"),
         ({"frobnicate": True}, "frobnicate"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}]}, "tools[0].function.parameters"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+        ({"tools": [TOOL, TOOL]}, "tools"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}}, "response_format.json_schema.schema"),
+        ({"messages": [{"role": "tool", "content": "22C"}]}, "messages[0].tool_call_id"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"top_logprobs": 2}, "top_logprobs"),
     ],
@@ -62,9 +76,23 @@ def test_chat_request_errors_name_the_parameter(change, param):
 
 
 def test_unsupported_parameter_has_its_own_code():
-    error = error_for(ChatCompletionRequest, {**CHAT, "tools": [{"type": "function"}]})
+    error = error_for(ChatCompletionRequest, {**CHAT, "functions": [{"name": "f"}]})
     assert error.code == "unsupported_parameter"
-    assert "tools" in error.message
+    assert "functions" in error.message and "tools" in error.message
+
+
+def test_tools_and_formats_parse_into_what_the_model_server_uses():
+    req = ChatCompletionRequest.model_validate(
+        {**CHAT, "tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    )
+    assert req.tool_dicts == [TOOL] and req.json_schema is None
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    req = ChatCompletionRequest.model_validate(
+        {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}}}
+    )
+    assert req.json_schema == schema
+    req = ChatCompletionRequest.model_validate({**CHAT, "response_format": {"type": "json_object"}})
+    assert req.json_schema == {"type": "object"}
 
 
 def test_missing_model_is_named():
@@ -180,3 +208,12 @@ def test_incremental_detokenizer_waits_for_whole_characters():
     # the arrow is 3 bytes: nothing is emitted for its first two
     arrow = ids.index(0xE2)
     assert pieces[arrow] == "" and pieces[arrow + 1] == "" and pieces[arrow + 2] == "→"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"n": 3, "best_of": 2}, {"best_of": 17}, {"best_of": 3, "stream": True}],
+)
+def test_best_of_limits_name_best_of(change):
+    error = error_for(CompletionRequest, {"model": "m", "prompt": "x", **change})
+    assert error.status == 400 and error.param == "best_of"

@@ -34,6 +34,18 @@ class SamplingParams:
     ignore_eos: bool = False
     min_tokens: int = 0
     logprobs: int | None = None  # None: none; k >= 0: the chosen token plus the k likeliest
+    # Structured output: every sampled token keeps the text a valid prefix of a JSON document
+    # matching this JSON schema (compact, no free whitespace); None: unconstrained.
+    json_schema: dict[str, Any] | None = None
+
+
+class InvalidRequest(ValueError):
+    """The engine cannot run this request as asked (e.g. a JSON schema it cannot compile);
+    the client's mistake, answered with a 400 naming ``param``."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass
@@ -74,6 +86,9 @@ class EngineInfo:
 class Engine(abc.ABC):
     """A generation backend. Create it, ``await start()``, then ``generate`` concurrently."""
 
+    #: whether ``SamplingParams.json_schema`` is enforced (engines that cannot must say so)
+    structured_outputs: bool = True
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model; raise if it cannot be served here."""
@@ -84,6 +99,11 @@ class Engine(abc.ABC):
     ) -> AsyncIterator[GenerationChunk]:
         """Stream the request's new tokens; the last chunk has a ``finish_reason``. With ``lora``,
         the adapter is loaded on first use, kept, and applied to this request only."""
+
+    def check_structured(self, schema: dict[str, Any]) -> None:
+        """Raise :class:`InvalidRequest` if ``schema`` cannot constrain this engine's output."""
+        if not self.structured_outputs:
+            raise InvalidRequest(f"The {self.info().engine} engine cannot constrain output to a JSON schema.", "response_format")
 
     @abc.abstractmethod
     async def check_health(self) -> None:

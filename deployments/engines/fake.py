@@ -16,6 +16,8 @@ from deployments.engines.tokenizer import ByteTokenizer
 
 
 class FakeEngine(Engine):
+    structured_outputs = False  # it replays a script; it cannot follow a JSON schema
+
     def __init__(self, script: str | None = None, step_delay: float = 0.0, max_model_len: int = 512) -> None:
         self.tokenizer = ByteTokenizer()
         self.script = script

@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import torch
 
@@ -107,6 +107,10 @@ class HFEngine(Engine):
         self.eos_ids = sorted(set(gen_eos) | set(self.tokenizer.eos_ids))
         self._generator = torch.Generator()
         self._generator.seed()
+        from deployments.engines.grammar import JsonGrammars
+
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        self._grammars = JsonGrammars(self.tokenizer.hf, vocab, self.eos_ids)
         logger.info(
             "HF engine loaded %s (%s, %d threads) in %.1f s",
             self.model_path, self.dtype, torch.get_num_threads(), time.monotonic() - started,
@@ -121,6 +125,11 @@ class HFEngine(Engine):
             raise RuntimeError(f"HF engine failed: {self._failure!r}")
         if not self._thread.is_alive():
             raise RuntimeError("HF engine worker thread is not running")
+
+    def check_structured(self, schema: dict[str, Any]) -> None:
+        from deployments.engines.grammar import check_schema
+
+        check_schema(schema)
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -144,8 +153,11 @@ class HFEngine(Engine):
     ) -> AsyncIterator[GenerationChunk]:
         if self._failure is not None:
             raise RuntimeError(f"HF engine failed: {self._failure!r}")
+        grammar = None
+        if params.json_schema is not None:
+            grammar = await asyncio.to_thread(self._grammars.matcher, params.json_schema)
         req = _Request(
-            request_id, list(prompt_token_ids), RowState.create(params, prompt_token_ids), asyncio.Queue(), lora
+            request_id, list(prompt_token_ids), RowState.create(params, prompt_token_ids, grammar), asyncio.Queue(), lora
         )
         self._inbox.put(req)
         self._wake.set()

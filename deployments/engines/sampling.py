@@ -9,12 +9,14 @@ Definitions follow OpenAI's documentation:
   frequency_penalty: logit[t] -= frequency_penalty * count of t in the output so far
 and, as an extra, Hugging Face's repetition_penalty over prompt and output (divide positive
 logits, multiply negative ones). Logprobs are the model's own log-probabilities, before any of
-these adjustments (vLLM's default "raw" logprobs).
+these adjustments (vLLM's default "raw" logprobs). A row with a grammar (structured output)
+gets the grammar's token mask after all of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,14 +33,15 @@ class RowState:
     prompt_ids: list[int]
     output_ids: list[int] = field(default_factory=list)
     generator: torch.Generator | None = None
+    grammar: Any = None  # a grammar.JsonMatcher for structured output, or None
 
     @classmethod
-    def create(cls, params: SamplingParams, prompt_ids: list[int]) -> "RowState":
+    def create(cls, params: SamplingParams, prompt_ids: list[int], grammar: Any = None) -> "RowState":
         gen = None
         if params.seed is not None:
             gen = torch.Generator()
             gen.manual_seed(params.seed & 0xFFFF_FFFF_FFFF_FFFF)
-        return cls(params=params, prompt_ids=list(prompt_ids), generator=gen)
+        return cls(params=params, prompt_ids=list(prompt_ids), generator=gen, grammar=grammar)
 
 
 def sample(
@@ -67,6 +70,9 @@ def sample(
             tokens[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
 
     chosen = tokens.tolist()
+    for row, token in zip(rows, chosen):
+        if row.grammar is not None:
+            row.grammar.accept(token)
     logprobs: list[TokenLogprob | None] = [None] * batch
     if raw_logprobs is not None:
         for i, row in enumerate(rows):
@@ -91,7 +97,10 @@ def _adjust(x: torch.Tensor, rows: list[RowState], eos_ids: list[int], vocab: in
             seen = seen[seen < vocab]
             vals = x[i, seen]
             x[i, seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-        if len(row.output_ids) < p.min_tokens:
+        if row.grammar is not None:
+            # last, and instead of min_tokens: the grammar alone decides when the document ends
+            row.grammar.mask(x[i])
+        elif len(row.output_ids) < p.min_tokens:
             x[i, [t for t in eos_ids + p.stop_token_ids if t < vocab]] = float("-inf")
     return x
 

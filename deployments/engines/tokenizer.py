@@ -18,7 +18,9 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: list[int]) -> str: ...
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]: ...
+    supports_tools: bool
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]: ...
 
     def token_text(self, token_id: int) -> str: ...
 
@@ -42,14 +44,25 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return len(self._tok)
 
+    @property
+    def hf(self):
+        """The wrapped Hugging Face tokenizer."""
+        return self._tok
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        out = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders tool definitions itself."""
+        return "tools" in (self._tok.chat_template or "")
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        extra = {"tools": tools} if tools else {}
+        out = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, **extra)
         return list(out["input_ids"])
 
     def token_text(self, token_id: int) -> str:
@@ -70,7 +83,9 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+    supports_tools = False
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.encode(text)
 

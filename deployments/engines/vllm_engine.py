@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, AsyncIterator
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, LoRARef, SamplingParams, TokenLogprob
+from deployments.engines.base import Engine, EngineInfo, GenerationChunk, InvalidRequest, LoRARef, SamplingParams, TokenLogprob
 from deployments.engines.tokenizer import HFTokenizer
 
 logger = logging.getLogger("ray.serve")
@@ -49,6 +49,45 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+
+class SchedulerStatsKeeper:
+    """Keeps the latest scheduler numbers of vLLM's engine core(s): KV-cache use, waiting requests.
+
+    Given to ``AsyncLLM`` as a custom stat logger, which makes vLLM compute its per-step stats
+    (as its own OpenAI server does by default) without its periodic log lines; ``record`` only
+    keeps a reference. (vLLM calls its stat-logger interface unstable: it is duck-typed here.)
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[int, Any] = {}  # engine index -> SchedulerStats
+
+    def for_engine(self, vllm_config, engine_index: int = 0) -> "SchedulerStatsKeeper":
+        return self
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self.latest[engine_idx] = scheduler_stats
+
+    def waiting(self) -> int:
+        stats = self.latest.values()
+        return sum(getattr(s, "num_waiting_reqs", 0) + getattr(s, "num_skipped_waiting_reqs", 0) for s in stats)
+
+    def kv_cache_usage(self) -> float | None:
+        """The mean fraction of KV-cache blocks in use, or None before vLLM reported any."""
+        values = [getattr(s, "kv_cache_usage", None) for s in self.latest.values()]
+        values = [v for v in values if v is not None]
+        return round(sum(values) / len(values), 4) if values else None
+
+    def log(self) -> None:
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args) -> None:
+        pass
+
+
 class VLLMEngine(Engine):
     def __init__(
         self,
@@ -75,6 +114,7 @@ class VLLMEngine(Engine):
         self.tokenizer: HFTokenizer | None = None
         self._running: set[str] = set()
         self._peak = 0
+        self._scheduler = SchedulerStatsKeeper()
 
     async def start(self) -> None:
         from vllm import AsyncEngineArgs
@@ -90,6 +130,9 @@ class VLLMEngine(Engine):
             "max_num_seqs": self.max_batch_size,
             "disable_log_stats": True,
             "enable_log_requests": False,  # prompts stay out of the logs unless asked for
+            # compact JSON for structured output, as the transformers engine writes it: free
+            # whitespace lets a small model at temperature 1 pad its answer until max_tokens
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
         }
         if self.max_model_len:
             args["max_model_len"] = self.max_model_len
@@ -97,7 +140,7 @@ class VLLMEngine(Engine):
             args.update(enable_lora=True, max_lora_rank=self.lora[0], max_loras=self.lora[1])
         args.update(self.engine_args)
         started = time.monotonic()
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[self._scheduler.for_engine])
         self.tokenizer = HFTokenizer.load(self.model_path)
         self.max_model_len = self.llm.model_config.max_model_len
         logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.model_path, self.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
@@ -106,6 +149,11 @@ class VLLMEngine(Engine):
         if self.llm is None:
             raise RuntimeError("vLLM engine not started")
         await self.llm.check_health()
+
+    def check_structured(self, schema: dict[str, Any]) -> None:
+        from deployments.engines.grammar import check_schema
+
+        check_schema(schema)
 
     def info(self) -> EngineInfo:
         return EngineInfo(
@@ -116,8 +164,15 @@ class VLLMEngine(Engine):
             extra={"max_batch_size": self.max_batch_size, "engine_args": self.engine_args},
         )
 
-    def stats(self) -> dict[str, int]:
-        return {"running": len(self._running), "waiting": 0, "peak_running": self._peak}
+    def stats(self) -> dict[str, int | float]:
+        in_engine = len(self._running)
+        # vLLM's count as of its last step; nothing of ours can be waiting when nothing is in it
+        waiting = min(self._scheduler.waiting(), in_engine)
+        stats: dict[str, int | float] = {"running": in_engine - waiting, "waiting": waiting, "peak_running": self._peak}
+        kv = self._scheduler.kv_cache_usage()
+        if kv is not None:
+            stats["kv_cache_usage"] = kv
+        return stats
 
     async def shutdown(self) -> None:
         if self.llm is not None:
@@ -146,6 +201,7 @@ class VLLMEngine(Engine):
             ignore_eos=params.ignore_eos,
             min_tokens=params.min_tokens,
             logprobs=params.logprobs,
+            structured_outputs=_structured(params.json_schema),
             detokenize=False,
             output_kind=RequestOutputKind.DELTA,
         )
@@ -161,7 +217,16 @@ class VLLMEngine(Engine):
         finished = False
         try:
             prompt = TokensPrompt(prompt_token_ids=list(prompt_token_ids))
-            async for out in self.llm.generate(prompt, sp, request_id, lora_request=lora_request):
+            try:
+                stream = self.llm.generate(prompt, sp, request_id, lora_request=lora_request)
+                first = await anext(stream, None)
+            except ValueError as exc:  # vLLM validates a request when it is added
+                if params.json_schema is not None:
+                    raise InvalidRequest(f"The JSON schema cannot be used for structured output: {exc}", "response_format") from exc
+                raise
+            if first is None:
+                return
+            async for out in _chain(first, stream):
                 completion = out.outputs[0]
                 finish = completion.finish_reason if completion.finish_reason in ("stop", "length") else None
                 finished = out.finished
@@ -173,6 +238,21 @@ class VLLMEngine(Engine):
             self._running.discard(request_id)
             if not finished:
                 await self.llm.abort(request_id)
+
+
+async def _chain(first, rest):
+    yield first
+    async for item in rest:
+        yield item
+
+
+def _structured(schema):
+    """Our JSON-schema constraint in vLLM's terms: compact JSON, like the transformers engine."""
+    if schema is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=schema)
 
 
 def _logprobs(completion, k: int) -> list[TokenLogprob]:
