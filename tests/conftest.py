@@ -156,6 +156,18 @@ def graph():
 
 
 @pytest.fixture(scope="session")
+def client(graph):
+    """The official sync client on the main app (modules with another app define their own)."""
+    return openai_clients(graph)[0]
+
+
+@pytest.fixture(scope="session")
+def aclient(graph):
+    """The official async client on the main app."""
+    return openai_clients(graph)[1]
+
+
+@pytest.fixture(scope="session")
 async def servers():
     """In-process model servers for the ASGI tests: the LLM server on the fake engine (it
     answers with the last user message reversed) as ``fake-llm``, and the real MiniLM."""

@@ -16,14 +16,12 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
 
-from tests.conftest import REPO, openai_clients
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.graph
 
@@ -34,16 +32,6 @@ FRANCE = [{"role": "user", "content": QUESTION}]
 WORDS = ["king", "queen", "carburetor"]
 NODE_DIR = REPO / "tests" / "clients" / "node"
 SGPT = REPO / "tests" / "clients" / "sgpt" / ".venv" / "bin" / "sgpt"
-
-
-@pytest.fixture(scope="module")
-def client(graph):
-    return openai_clients(graph)[0]
-
-
-@pytest.fixture(scope="module")
-def aclient(graph):
-    return openai_clients(graph)[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.conftest import openai_clients, running_after
+from tests.conftest import running_after
 from tests.spec import validate
 
 pytestmark = pytest.mark.graph
@@ -19,16 +19,6 @@ pytestmark = pytest.mark.graph
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def client(graph):
-    return openai_clients(graph)[0]
-
-
-@pytest.fixture(scope="module")
-def aclient(graph):
-    return openai_clients(graph)[1]
 
 
 def minilm_tokenizer():
