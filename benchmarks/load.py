@@ -1,6 +1,6 @@
 """Streamed chat load with the official async openai client.
 
-``python -m benchmarks.load --base-url http://127.0.0.1:8000/v1 --model smollm2-vllm -c 1 8 32``
+``python -m benchmarks.load --base-url http://127.0.0.1:8000/v1 --model smollm2-vllm -c 1 8 32 64``
 
 Each request streams exactly ``--max-tokens`` new tokens (``ignore_eos``), from a fixed, seeded
 set of prompts of mixed lengths; every level runs ``--requests-per-level`` requests (at least
@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import openai
 
+from benchmarks.stats import pct
+
 TOPICS = ["the sea", "mountains", "a city at night", "an old library", "the history of bread", "a robot", "winter", "a lighthouse"]
 
 
@@ -37,13 +39,6 @@ def prompts(n: int, seed: int = 0) -> list[str]:
         else:
             out.append("Summarise this text. " + " ".join(f"Sentence {j} is about {rng.choice(TOPICS)}." for j in range(40)))
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 @dataclass
@@ -108,9 +103,15 @@ async def run_level(client, model: str, concurrency: int, n_requests: int, max_t
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
+    return level_result(concurrency, n_requests, errors, tokens, time.perf_counter() - start, ttfts, itls)
+
+
+def level_result(
+    concurrency: int, n_requests: int, errors: int, tokens: int, wall: float, ttfts: list[float], itls: list[float]
+) -> LevelResult:
+    """One level's figures from its raw measurements (seconds); shared with the in-process run."""
     return LevelResult(
-        concurrency, n_requests, errors, tokens, round(wall, 2), round(tokens / wall, 1),
+        concurrency, n_requests, errors, tokens, round(wall, 2), round(tokens / wall, 1) if wall > 0 else 0.0,
         round(pct(ttfts, 50), 3), round(pct(ttfts, 99), 3),
         round(pct(itls, 50) * 1000, 1), round(pct(itls, 99) * 1000, 1),
     )
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     parser.add_argument("--model", required=True)
-    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-level", type=int, default=32)
     parser.add_argument("--no-ignore-eos", action="store_true", help="for servers without the ignore_eos extra")

