@@ -49,6 +49,8 @@ def start_timed(config_file: str = CONFIG, timeout: float = 600):
                     raise TimeoutError(f"no answer from {sorted(set(probes) - set(first))} within {timeout} s:\n{app.log_tail()}")
                 if app.proc.poll() is not None:
                     raise RuntimeError(f"serve run exited with {app.proc.returncode}:\n{app.log_tail()}")
+                if "failed with exception" in app.log_path.read_text(errors="replace"):
+                    raise RuntimeError(f"the application failed to deploy:\n{app.log_tail(120)}")
                 for name, (method, url, body) in probes.items():
                     if name in first:
                         continue
