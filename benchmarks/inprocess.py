@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.load import level_result, prompts
+from benchmarks.load import add_level_args, level_result, prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,10 +107,7 @@ async def bench(config_file: str, model: str, levels: list[int], per_level: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/engines-cpu.yaml")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--requests-per-level", type=int, default=32)
+    add_level_args(parser)
     args = parser.parse_args()
     out = asyncio.run(bench(args.config, args.model, args.concurrency, args.requests_per_level, args.max_tokens))
     print("RESULT " + json.dumps(out), flush=True)

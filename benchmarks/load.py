@@ -129,13 +129,18 @@ async def run(base_url: str, model: str, levels: list[int], max_tokens: int, req
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+def add_level_args(parser: argparse.ArgumentParser) -> None:
+    """The options every chat load path shares: model, concurrency levels, tokens, requests."""
     parser.add_argument("--model", required=True)
     parser.add_argument("-c", "--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-level", type=int, default=32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
+    add_level_args(parser)
     parser.add_argument("--no-ignore-eos", action="store_true", help="for servers without the ignore_eos extra")
     args = parser.parse_args()
     extra = {} if args.no_ignore_eos else {"ignore_eos": True}
