@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.load import one_request, run_level
 from benchmarks.procstat import CPUMeter, per_request_ms
-from benchmarks.servers import result_line, stop_group, wait_http
+from benchmarks.servers import result_line, stop_app, stop_group, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/engines-cpu.yaml"
@@ -98,11 +98,9 @@ def bench_graph(s: ChatSettings, logs: Path) -> dict:
             if s.sixteen:
                 out[model + "/16"] = asyncio.run(_sixteen(base, model, s.max_tokens))
     finally:
-        (logs / "graph-serve.log").write_text(app.log_path.read_text(errors="replace")[-200_000:])
-        try:
-            app.stop()
-        except AssertionError as exc:  # engine processes outlived the app: keep the figures, say so
-            out["stop_problem"] = str(exc)
+        problem = stop_app(app, logs / "graph-serve.log")
+        if problem:
+            out["stop_problem"] = problem
     return out
 
 

@@ -134,6 +134,7 @@ def run_chat(todo: list[str], store: Store, args, logs: Path) -> None:
 
 def run_embeddings(todo: list[str], store: Store, args, logs: Path) -> None:
     from benchmarks import coldstart, embeddings
+    from benchmarks.servers import stop_app
     from deployments.model_store import resolve
 
     cfg = embeddings.embedding_config()
@@ -156,11 +157,9 @@ def run_embeddings(todo: list[str], store: Store, args, logs: Path) -> None:
                     emb = _emb_part(store, todo, cfg, path)
                     store.record(emb, "graph", attempt("embeddings-graph", embeddings.load_both, app.base_url + "/v1", cfg["id"], n_single, n_batch16))
             finally:
-                (logs / "coldstart-serve.log").write_text(app.log_path.read_text(errors="replace")[-200_000:])
-                try:
-                    app.stop()
-                except AssertionError as exc:  # engine processes outlived the app: keep the figures, say so
-                    cold["stop_problem"] = str(exc)
+                problem = stop_app(app, logs / "coldstart-serve.log")
+                if problem:
+                    cold["stop_problem"] = problem
                     store.save()
     if "embeddings-raw" in todo:
         print("== embeddings-raw", flush=True)

@@ -29,6 +29,18 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"{url} not ready within {timeout} s")
 
 
+def stop_app(app, log_file: Path) -> str | None:
+    """Stop a graph app (``tests.conftest.ServeApp``), keeping the tail of its log in ``log_file``;
+    what went wrong in stopping it (engine processes that outlived it), or None. The figures
+    measured before stay valid either way."""
+    log_file.write_text(app.log_path.read_text(errors="replace")[-200_000:])
+    try:
+        app.stop()
+    except AssertionError as exc:
+        return str(exc)
+    return None
+
+
 def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM a server started with ``start_new_session=True`` and its children; SIGKILL if slow."""
     try:
