@@ -435,7 +435,7 @@ def _add_responses_routes(app: FastAPI, router: Router, store: ResponseStore, ch
         check_max_tokens(body.max_output_tokens, "max_output_tokens")
         history = store.get(body.previous_response_id, "previous_response_id").messages if body.previous_response_id else []
         chat, conversation = responses.to_chat(body, history)
-        rid, created = responses._id("resp"), time.time()
+        rid, created = responses.new_id("resp"), time.time()
         if not body.stream:
             try:
                 completion = await route.handle.chat.remote(chat)

@@ -11,7 +11,6 @@ message, so the hops behind it (Ray, the ingress, the HTTP proxy) carry few, sma
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from contextlib import aclosing
@@ -26,15 +25,6 @@ from deployments.protocol import ChatCompletionRequest, CompletionRequest
 from deployments.text import IncrementalDetokenizer, StopChecker
 
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass
-class ToolMode:
-    """How a chat request uses tools: the functions it may call, and whether decoding is
-    constrained to a call (``tool_choice`` required or named)."""
-
-    names: set[str]
-    forced: bool
 
 
 @dataclass
@@ -112,12 +102,12 @@ class LLMServer:
 
     # ------------------------------------------------------------------ chat
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        prompt, params, stops, mode = self._prepare_chat(req)
+        prompt, params, stops, tool_names = self._prepare_chat(req)
         rid = protocol.new_id("chatcmpl")
         texts, finishes, logprobs, produced = await self._collect(rid, prompt, params, stops, req.n or 1, self._lora(req.model))
         choices = []
         for i, text in enumerate(texts):
-            content, calls = tools.parse(text, mode.names) if mode else (text, [])
+            content, calls = tools.parse(text, tool_names) if tool_names else (text, [])
             choices.append(
                 protocol.chat_choice(
                     i,
@@ -130,11 +120,11 @@ class LLMServer:
         return protocol.chat_completion(rid, protocol.now(), req.model, choices, protocol.usage(len(prompt), produced))
 
     async def chat_stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        prompt, params, stops, mode = self._prepare_chat(req)
+        prompt, params, stops, tool_names = self._prepare_chat(req)
         rid, created, model, n = protocol.new_id("chatcmpl"), protocol.now(), req.model, req.n or 1
         lora = self._lora(req.model)
         # with tools, text that may be a call is held back until it can be parsed
-        splitters = [tools.StreamSplitter(mode.names) for _ in range(n)] if mode else None
+        splitters = [tools.StreamSplitter(tool_names) for _ in range(n)] if tool_names else None
 
         def chunk(choices, usage=None) -> str:
             return sse.event(protocol.chat_chunk(rid, created, model, choices, usage))
@@ -177,23 +167,23 @@ class LLMServer:
             async for message in messages:
                 yield message
 
-    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, list[str], ToolMode | None]:
+    def _prepare_chat(self, req: ChatCompletionRequest) -> tuple[list[int], SamplingParams, list[str], set[str] | None]:
+        """Prompt, engine parameters, stop strings, and the names of the tools the answer may call
+        (None: no tools; the answer is plain text)."""
         use_tools = bool(req.tools) and req.tool_choice != "none"
         prompt = self._render_chat(req.messages, req.tool_dicts if use_tools else None)
         params = self._sampling(req, len(prompt), req.max_new_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
         if req.logprobs:
             params.logprobs = req.top_logprobs or 0
-        mode = None
-        if use_tools:
-            named = req.tool_choice.function.name if isinstance(req.tool_choice, protocol.NamedToolChoice) else None
-            forced = named is not None or req.tool_choice == "required"
-            mode = ToolMode({t.function.name for t in req.tools}, forced)
-            if forced:
-                schema = tools.call_schema(req.tool_dicts, named, req.parallel_tool_calls is not False)
-                params.json_schema = self._checked_schema(schema, "tool_choice")
-        elif req.json_schema is not None:
-            params.json_schema = self._checked_schema(req.json_schema, "response_format")
-        return prompt, params, req.stop_list, mode
+        if not use_tools:
+            if req.json_schema is not None:
+                params.json_schema = self._checked_schema(req.json_schema, "response_format")
+            return prompt, params, req.stop_list, None
+        named = req.tool_choice.function.name if isinstance(req.tool_choice, protocol.NamedToolChoice) else None
+        if named is not None or req.tool_choice == "required":  # the answer is constrained to a call
+            schema = tools.call_schema(req.tool_dicts, named, req.parallel_tool_calls is not False)
+            params.json_schema = self._checked_schema(schema, "tool_choice")
+        return prompt, params, req.stop_list, {t.function.name for t in req.tools}
 
     def _render_chat(self, messages: list, tool_dicts: list[dict[str, Any]] | None) -> list[int]:
         """The prompt for the assistant's next turn: the chat template over the messages, with
@@ -221,7 +211,7 @@ class LLMServer:
             calls = getattr(m, "tool_calls", None)
             if calls and native_tools:
                 message["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": _json_or_text(c.function.arguments)}}
+                    {"id": c.id, "type": "function", "function": {"name": c.function.name, "arguments": tools.arguments_value(c.function.arguments)}}
                     for c in calls
                 ]
             elif calls:
@@ -254,7 +244,7 @@ class LLMServer:
         if req.prompt is not None:
             ids = self.tokenizer.encode(req.prompt)
         else:
-            ids = self._render_chat(req.messages, [t.model_dump(exclude_none=True) for t in req.tools or []] or None)
+            ids = self._render_chat(req.messages, req.tool_dicts or None)
         out: dict[str, Any] = {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids}
         if req.return_token_strs:
             out["token_strs"] = [self.tokenizer.token_text(t) for t in ids]
@@ -459,14 +449,6 @@ class LLMServer:
                     last = t
         if buffer:
             yield "".join(buffer)
-
-
-def _json_or_text(text: str) -> Any:
-    """Tool-call arguments as templates expect them (an object), or the text if it is not JSON."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:

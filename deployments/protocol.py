@@ -124,6 +124,11 @@ class FunctionTool(_Request):
     function: FunctionDefinition
 
 
+def tool_dicts(tools: list[FunctionTool] | None) -> list[dict[str, Any]]:
+    """Tools as plain dicts (what chat templates and prompts take)."""
+    return [t.model_dump(exclude_none=True) for t in tools or []]
+
+
 class FunctionName(_Request):
     name: str
 
@@ -299,8 +304,7 @@ class ChatCompletionRequest(_Sampling):
 
     @property
     def tool_dicts(self) -> list[dict[str, Any]]:
-        """The tools as plain dicts (what chat templates and prompts take)."""
-        return [t.model_dump(exclude_none=True) for t in self.tools or []]
+        return tool_dicts(self.tools)
 
     @property
     def json_schema(self) -> dict[str, Any] | None:
@@ -532,6 +536,10 @@ class TokenizeRequest(_Request):
     tools: list[FunctionTool] | None = None
     add_generation_prompt: bool = True
     return_token_strs: bool = False
+
+    @property
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        return tool_dicts(self.tools)
 
     @model_validator(mode="after")
     def _one_input(self):

@@ -44,7 +44,8 @@ PARAM_NAMES = {
 }
 
 
-def _id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
+    """An id as OpenAI writes them in this API: ``resp_…``, ``msg_…``, ``fc_…``."""
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
@@ -256,8 +257,8 @@ def from_chat(req: ResponsesRequest, response_id: str, created: float, completio
     output = []
     if message.get("content"):
         logprobs = (choice.get("logprobs") or {}).get("content")
-        output.append(_message_item(_id("msg"), message["content"], logprobs))
-    output += [_call_item(_id("fc"), call) for call in message.get("tool_calls") or []]
+        output.append(_message_item(new_id("msg"), message["content"], logprobs))
+    output += [_call_item(new_id("fc"), call) for call in message.get("tool_calls") or []]
     status, reason = _status(choice["finish_reason"])
     return response_object(req, response_id, created, status, output, completion["usage"], reason)
 
@@ -336,7 +337,7 @@ class StreamTranslator:
     def _open_message(self) -> list[str]:
         if self._message is not None:
             return []
-        self._message = _message_item(_id("msg"), "", None, status="in_progress")
+        self._message = _message_item(new_id("msg"), "", None, status="in_progress")
         index = len(self.output)
         return [
             self._event("response.output_item.added", output_index=index, item=self._message),
@@ -368,8 +369,8 @@ class StreamTranslator:
         item = self._calls.get(fragment["index"])
         if item is None:  # a new call: the text before it is complete
             events += self._close_message()
-            call = {"id": fragment.get("id") or _id("call"), "function": {"name": fragment["function"]["name"], "arguments": ""}}
-            item = _call_item(_id("fc"), call, status="in_progress")
+            call = {"id": fragment.get("id") or new_id("call"), "function": {"name": fragment["function"]["name"], "arguments": ""}}
+            item = _call_item(new_id("fc"), call, status="in_progress")
             item["output_index"] = len(self.output) + len(self._calls)
             self._calls[fragment["index"]] = item
             events.append(self._event("response.output_item.added", output_index=item["output_index"], item=_public(item)))

@@ -51,13 +51,17 @@ def system_prompt(tools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def arguments_value(arguments: str) -> Any:
+    """A call's arguments text as the object it encodes, or the text itself if it is not JSON."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
+
 def call_text(name: str, arguments: str) -> str:
     """An earlier call of the assistant, written back into a conversation as the model would."""
-    try:
-        args: Any = json.loads(arguments)
-    except ValueError:
-        args = arguments
-    return OPEN + json.dumps({"name": name, "arguments": args}, ensure_ascii=False) + CLOSE
+    return OPEN + json.dumps({"name": name, "arguments": arguments_value(arguments)}, ensure_ascii=False) + CLOSE
 
 
 def _one_call_schema(function: dict[str, Any]) -> dict[str, Any]:

@@ -101,9 +101,15 @@ class Engine(abc.ABC):
         the adapter is loaded on first use, kept, and applied to this request only."""
 
     def check_structured(self, schema: dict[str, Any]) -> None:
-        """Raise :class:`InvalidRequest` if ``schema`` cannot constrain this engine's output."""
+        """Raise :class:`InvalidRequest` if ``schema`` cannot constrain this engine's output.
+
+        Both real engines compile schemas with xgrammar, so one check (no vocabulary involved)
+        serves them; it is imported here only when needed, since it brings torch."""
         if not self.structured_outputs:
             raise InvalidRequest(f"The {self.info().engine} engine cannot constrain output to a JSON schema.", "response_format")
+        from deployments.engines.grammar import check_schema
+
+        check_schema(schema)
 
     @abc.abstractmethod
     async def check_health(self) -> None:

@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import torch
 
@@ -125,11 +125,6 @@ class HFEngine(Engine):
             raise RuntimeError(f"HF engine failed: {self._failure!r}")
         if not self._thread.is_alive():
             raise RuntimeError("HF engine worker thread is not running")
-
-    def check_structured(self, schema: dict[str, Any]) -> None:
-        from deployments.engines.grammar import check_schema
-
-        check_schema(schema)
 
     def info(self) -> EngineInfo:
         return EngineInfo(

@@ -150,11 +150,6 @@ class VLLMEngine(Engine):
             raise RuntimeError("vLLM engine not started")
         await self.llm.check_health()
 
-    def check_structured(self, schema: dict[str, Any]) -> None:
-        from deployments.engines.grammar import check_schema
-
-        check_schema(schema)
-
     def info(self) -> EngineInfo:
         return EngineInfo(
             engine="vllm",
