@@ -33,8 +33,11 @@ $(STAMP): requirements.txt requirements-cpu.txt requirements-gpu.txt requirement
 models: install
 	$(PY) -m deployments.model_store serve_config.yaml
 
+# Ray reads its serving settings when it starts: configs/serving.env goes into serve run's env.
+SERVING_ENV := $(shell grep -v '^\#' configs/serving.env | grep = | xargs)
+
 serve: models
-	$(VENV)/bin/serve run serve_config.yaml
+	env $(SERVING_ENV) $(VENV)/bin/serve run serve_config.yaml
 
 test: models clients
 	$(PY) -m pytest -ra

@@ -1,8 +1,9 @@
 """The application builder: ``import_path: serve_app:build_app`` in ``serve_config.yaml``.
 
 ``args`` are validated against :class:`deployments.config.AppConfig` before any replica is
-scheduled (an invalid config fails ``serve run`` with the field's path). Each model becomes a
-deployment of its own, named ``llm-<id>`` or ``embed-<id>``, bound into one ingress.
+scheduled (an invalid config fails ``serve run`` with the field's path). A
+co-located model is built inside the front's replicas (the fast path); every other model
+becomes a deployment of its own, named ``llm-<id>`` or ``embed-<id>``, bound into the front.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.config import AppConfig, embedding_deployment_name, llm_deployment_name
-from deployments.deployment import EmbeddingDeployment, Ingress, LLMDeployment
+from deployments.deployment import EmbeddingDeployment, LLMDeployment
+from deployments.ingress import Ingress
 
 
 def build_app(args: AppConfig) -> Application:
@@ -19,16 +21,14 @@ def build_app(args: AppConfig) -> Application:
     llms = {
         m.id: LLMDeployment.options(name=llm_deployment_name(m.id), **m.deployment.as_options()).bind(m)
         for m in config.llms
+        if not m.colocated
     }
     embeddings = {
         m.id: EmbeddingDeployment.options(name=embedding_deployment_name(m.id), **m.deployment.as_options()).bind(m)
         for m in config.embeddings
+        if not m.colocated
     }
-    # every other name a model answers to: aliases, and for chat models their LoRA adapter ids
-    aliases = {m.id: [n for n in m.names if n != m.id] for m in [*config.llms, *config.embeddings]}
-    names = {m.id: llm_deployment_name(m.id) for m in config.llms}
-    names |= {m.id: embedding_deployment_name(m.id) for m in config.embeddings}
-    return Ingress.bind(llms, embeddings, aliases, names, config.server)
+    return Ingress.bind(config, llms, embeddings)
 
 
 def check_resources(config: AppConfig) -> None:
@@ -46,6 +46,8 @@ def check_resources(config: AppConfig) -> None:
         return
     for kind, models in (("llms", config.llms), ("embeddings", config.embeddings)):
         for i, model in enumerate(models):
+            if model.colocated:
+                continue  # it runs in the front's replicas, which Ray sizes and checks
             options = model.deployment.ray_actor_options or {}
             wanted = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
             wanted = {k: v for k, v in wanted.items() if v}

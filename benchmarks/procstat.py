@@ -27,6 +27,8 @@ def hop_of(cmdline: str) -> str | None:
     if m:
         name = m.group(1)
         return "ingress" if name == "Ingress" else f"replica {name}"
+    if cmdline.startswith("haproxy") or "/haproxy " in cmdline:
+        return "HAProxy"
     if "ray::ProxyActor" in cmdline:
         return "HTTP proxy"
     if "ray::ServeController" in cmdline:

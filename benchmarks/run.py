@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = {
-    "chat": ("chat-graph", "chat-server", "chat-inprocess", "chat-offline"),
+    "chat": ("chat-default", "chat-graph", "chat-server", "chat-inprocess", "chat-offline"),
     "coldstart": ("coldstart",),
     "embeddings": ("embeddings-graph", "embeddings-raw", "embeddings-infinity"),
 }
@@ -121,6 +121,7 @@ def run_chat(todo: list[str], store: Store, args, logs: Path) -> None:
                       whole=all(t in todo for t in PARTS["chat"]))
     path = resolve(chat.SOURCE, chat.DTYPE)
     steps = {
+        "chat-default": ("default_config", lambda: chat.bench_default(s, logs)),
         "chat-graph": ("graph", lambda: chat.bench_graph(s, logs)),
         "chat-server": ("vllm_server", lambda: chat.bench_vllm_server(s, path, logs)),
         "chat-inprocess": ("inprocess", lambda: chat.bench_inprocess(s, logs)),

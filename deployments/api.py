@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from contextlib import aclosing, nullcontext
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -42,22 +42,37 @@ logger = logging.getLogger("ray.serve")
 LLM, EMBEDDING = "llm", "embedding"
 
 
-@dataclass
 class ModelRoute:
-    """One served model: its id, what it can do, and the handle of its deployment."""
+    """One served model: its id, what it can do, and the handle that reaches its server.
 
-    id: str
-    kind: str  # LLM | EMBEDDING
-    handle: Any
-    aliases: list[str] = field(default_factory=list)
-    stream_handle: Any = None
-    card: dict[str, Any] | None = None  # filled from the deployment's info() on first use
-    ready: bool = True  # a running replica exists (kept up to date by the ingress deployment)
-    loading: bool = True  # while not ready: a replica is starting (else the model is unavailable)
+    The handle is a Ray Serve deployment handle (a model with a deployment of its own) or an
+    in-process one (a model co-located in the front, ``deployments/inprocess.py``); both have the
+    same interface. ``replicas`` counts, for the former, the replicas the handle can route to
+    right now; a model without it is served in-process and ready unless told otherwise.
+    """
 
-    def __post_init__(self) -> None:
-        if self.stream_handle is None:
-            self.stream_handle = self.handle.options(stream=True)
+    def __init__(
+        self, id: str, kind: str, handle: Any, aliases: list[str] | None = None, replicas: Callable[[], int] | None = None
+    ) -> None:
+        self.id = id
+        self.kind = kind  # LLM | EMBEDDING
+        self.handle = handle
+        self.aliases = list(aliases or [])
+        self.stream_handle = handle.options(stream=True)
+        self.card: dict[str, Any] | None = None  # filled from the server's info() on first use
+        self.replicas = replicas
+        self._ready = True
+        # while not ready: a replica is on its way up (Serve replaces failed ones), so loading
+        self.loading = True
+
+    @property
+    def ready(self) -> bool:
+        """A replica can take the request now (else the client gets a prompt 503)."""
+        return self.replicas() > 0 if self.replicas is not None else self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
 
 
 class Router:
@@ -175,12 +190,21 @@ def as_api_error(exc: BaseException, retry_after_s: int = 2) -> APIError:
 
 
 async def _relay_stream(first: str, rest: AsyncIterator[str], retry_after_s: int) -> AsyncIterator[str]:
+    """The rest of a model's stream after its first message; closed with the response, so a
+    client that goes away stops the generation (in-process, and through a handle alike)."""
     yield first
     try:
-        async for message in rest:
-            yield message
+        async with _closing(rest):
+            async for message in rest:
+                yield message
     except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a cut stream
         yield sse.error_then_done(as_api_error(exc, retry_after_s).body())
+
+
+def _closing(stream):
+    """``aclosing`` for async generators; a Ray response generator has no ``aclose`` (Ray cancels
+    the call when it is dropped)."""
+    return aclosing(stream) if hasattr(stream, "aclose") else nullcontext(stream)
 
 
 class _BodyTooLarge(Exception):

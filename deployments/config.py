@@ -55,6 +55,10 @@ class DeploymentOptions(_Config):
         return self.model_dump(exclude_none=True)
 
 
+# The deployment options a co-located model keeps: the front enforces them per model.
+COLOCATED_OPTIONS = ("max_ongoing_requests", "max_queued_requests")
+
+
 class _ModelConfig(_Config):
     id: str = Field(description="Model id clients send in `model` and see in /v1/models.")
     source: str = Field(
@@ -63,9 +67,29 @@ class _ModelConfig(_Config):
     )
     aliases: list[str] = Field(default_factory=list, description="Other ids that route to this model.")
     owned_by: str = Field("local", description="`owned_by` shown in /v1/models.")
-    deployment: DeploymentOptions = Field(
-        default_factory=DeploymentOptions, description="Ray Serve options of this model's deployment."
+    colocated: bool = Field(
+        False,
+        description="Serve this model inside the front's replicas (the fast path: no Ray hop between "
+        "the client's socket and the model server; the `Ingress` entry of `deployments:` sizes the "
+        "replica). False: a deployment of its own (`llm-<id>` / `embed-<id>`) behind a handle, with "
+        "its own replicas, resources, nodes and autoscaling.",
     )
+    deployment: DeploymentOptions = Field(
+        default_factory=DeploymentOptions,
+        description="Ray Serve options of this model's deployment. For a co-located model only "
+        "max_ongoing_requests and max_queued_requests apply (enforced in the front, per model).",
+    )
+
+    @model_validator(mode="after")
+    def _colocated_options(self):
+        if self.colocated:
+            other = sorted(set(self.deployment.as_options()) - set(COLOCATED_OPTIONS))
+            if other:
+                raise ValueError(
+                    f"deployment: {', '.join(other)} cannot apply to a co-located model (it runs in the "
+                    "front's replicas: size those under `deployments:` -> Ingress), or set colocated: false"
+                )
+        return self
 
     @field_validator("id", "aliases")
     @classmethod
@@ -190,9 +214,6 @@ class ServerConfig(_Config):
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429 and 503 answers.")
     responses_store_size: int = Field(
         1000, ge=0, description="Responses kept in memory per ingress replica for previous_response_id (0: none)."
-    )
-    status_poll_s: float = Field(
-        1.0, gt=0, description="How often the ingress reads which model deployments have a running replica."
     )
 
 

@@ -2,7 +2,8 @@
 
 ``python -m deployments.kuberay`` regenerates it; ``tests/test_kuberay.py`` fails when the two
 drift apart. The Serve part (``serveConfigV2``) is ``serve_config.yaml``'s applications as they
-are, with HTTP on 0.0.0.0 so the Kubernetes service reaches the proxy.
+are, with HTTP on 0.0.0.0 so the Kubernetes service reaches the proxy; the containers' env
+carries ``configs/serving.env``, the fast path's serving settings.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from deployments import serving_env
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE = REPO / "serve_config.yaml"
@@ -38,6 +41,8 @@ def manifest(serve_config: dict) -> dict:
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "RAY_AUTH_MODE", "value": "disabled"},
         {"name": "API_KEYS_FILE", "value": "/etc/model-server/keys"},
+        # the fast path's serving environment (configs/serving.env): Ray reads it at start
+        *({"name": key, "value": value} for key, value in serving_env.load().items()),
     ]
     mounts = [{"name": "api-keys", "mountPath": "/etc/model-server", "readOnly": True}]
     volumes = [{"name": "api-keys", "secret": {"secretName": "model-server-api-keys", "optional": True}}]

@@ -29,12 +29,15 @@ def free_port() -> int:
 
 
 class ServeApp:
-    """``serve run <config>`` in a subprocess, as a user runs it; stopped with Ctrl-C."""
+    """``serve run <config>`` in a subprocess, as ``make serve`` runs it; stopped with Ctrl-C."""
 
     def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
+        from deployments import serving_env
+
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # the serving environment `make serve` gives `serve run` (configs/serving.env)
+        env = {**os.environ, **serving_env.load(), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "serve"), "run", str(config_path)],
             cwd=REPO,
@@ -66,8 +69,9 @@ class ServeApp:
     def stop(self) -> None:
         """Ctrl-C, as a user stops it; then make sure nothing of it is left running.
 
-        Raises (a teardown error) if vLLM engine processes outlived a graceful stop: each
-        replica must shut its engine down (``LLMReplica.__del__``).
+        Raises (a teardown error) if vLLM engine processes or HAProxy outlived a graceful stop:
+        each replica must shut its engine down (``LLMReplica.__del__``, ``Ingress.__del__``), and
+        ``serve run``'s shutdown stops HAProxy.
         """
         graceful = False
         if self.proc.poll() is None:
@@ -78,17 +82,34 @@ class ServeApp:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
-        leftovers = engine_processes()
+        leftovers = engine_processes() + haproxy_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
         # a replica killed by force (not gracefully) leaves its engine behind: clean up anyway
         subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True, timeout=30)
-        assert not (graceful and leftovers), f"vLLM engine processes outlived the app: {leftovers}"
+        assert not (graceful and leftovers), f"engine or HAProxy processes outlived the app: {leftovers}"
+
+
+def _live_processes(marker: str) -> list[str]:
+    """Live processes whose command line holds ``marker``, as ``pid command`` lines. A process
+    that has exited but is not reaped yet (``<defunct>``, state Z: it holds no memory) is not
+    live; where PID 1 does not reap orphans (some containers) it stays listed for good."""
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    live = []
+    for line in out.splitlines():
+        pid, stat, args = (line.split(None, 2) + ["", ""])[:3]
+        if marker in args and not stat.startswith("Z"):
+            live.append(f"{pid} {args}")
+    return live
 
 
 def engine_processes() -> list[str]:
-    """Running vLLM engine processes (EngineCore and its workers), as ``pid command`` lines."""
-    out = subprocess.run(["pgrep", "-af", "VLLM::"], capture_output=True, text=True).stdout
-    return out.splitlines()
+    """Live vLLM engine processes (EngineCore and its workers)."""
+    return _live_processes("VLLM::")
+
+
+def haproxy_processes() -> list[str]:
+    """Live HAProxy processes of Ray Serve's HAProxy mode (their config is under /tmp/haproxy-serve)."""
+    return _live_processes("haproxy-serve")
 
 
 async def running_after(app: ServeApp, model: str, timeout: float = 30.0) -> int:

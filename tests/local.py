@@ -11,6 +11,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from deployments.inprocess import construct  # noqa: F401 - the tests build servers with it
+
 
 class LocalHandle:
     def __init__(self, target: Any, stream: bool = False) -> None:
@@ -43,10 +45,3 @@ class _Method:
         except Exception as exc:
             raise pickle.loads(pickle.dumps(exc)) from None
         return pickle.loads(pickle.dumps(result))
-
-
-async def construct(cls, *args: Any, **kwargs: Any):
-    """Build a server whose ``__init__`` is async, the way Ray Serve does."""
-    obj = cls.__new__(cls)
-    await obj.__init__(*args, **kwargs)
-    return obj

@@ -174,8 +174,8 @@ def test_per_hop_seconds_sums_deltas_per_hop():
 
 
 def test_only_selects_parts_and_sub_parts_in_suite_order():
-    assert selected(["embeddings-raw", "chat"]) == ["chat-graph", "chat-server", "chat-inprocess", "chat-offline", "embeddings-raw"]
-    assert selected(None)[0] == "chat-graph" and "coldstart" in selected(None)
+    assert selected(["embeddings-raw", "chat"]) == ["chat-default", "chat-graph", "chat-server", "chat-inprocess", "chat-offline", "embeddings-raw"]
+    assert selected(None)[0] == "chat-default" and "coldstart" in selected(None)
     with pytest.raises(SystemExit):
         selected(["nope"])
 

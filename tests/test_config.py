@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.config import AppConfig, llm_deployment_name
+from deployments.config import AppConfig, embedding_deployment_name, llm_deployment_name
 from serve_app import build_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,13 +21,36 @@ def error_paths(args) -> list[str]:
     return [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
 
 
-def test_shipped_config_is_valid_and_names_its_deployments():
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+@pytest.mark.parametrize("path", ["serve_config.yaml", "configs/engines-cpu.yaml", "configs/multi-model.yaml"])
+def test_shipped_configs_are_valid_and_name_only_their_deployments(path):
+    """Each model apart from the front has a deployment; a co-located one has none to size."""
+    config = yaml.safe_load((REPO / path).read_text())
     app = config["applications"][0]
     parsed = AppConfig.model_validate(app["args"])
-    named = {d["name"] for d in app["deployments"]}
-    assert {llm_deployment_name(m.id) for m in parsed.llms} <= named
+    named = {d["name"] for d in app.get("deployments", [])}
+    separate = {llm_deployment_name(m.id) for m in parsed.llms if not m.colocated}
+    separate |= {embedding_deployment_name(m.id) for m in parsed.embeddings if not m.colocated}
+    colocated = {llm_deployment_name(m.id) for m in parsed.llms if m.colocated}
+    colocated |= {embedding_deployment_name(m.id) for m in parsed.embeddings if m.colocated}
+    assert named <= separate | {"Ingress"}, named - separate
+    assert not named & colocated
     assert "Ingress" in named
+
+
+def test_default_config_takes_the_fast_path_in_bfloat16():
+    parsed = AppConfig.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"])
+    assert all(m.colocated for m in [*parsed.llms, *parsed.embeddings])
+    assert all(m.dtype == "bfloat16" for m in parsed.llms)
+
+
+def test_colocated_model_takes_only_admission_options():
+    ok = AppConfig.model_validate(
+        {"llms": [{**LLM, "colocated": True, "deployment": {"max_ongoing_requests": 8, "max_queued_requests": 2}}]}
+    )
+    assert ok.llms[0].colocated
+    with pytest.raises(ValidationError, match="num_replicas cannot apply to a co-located model") as e:
+        AppConfig.model_validate({"llms": [{**LLM, "colocated": True, "deployment": {"num_replicas": 2}}]})
+    assert [err["loc"] for err in e.value.errors()] == [("llms", 0)]
 
 
 def test_unknown_key_is_reported_with_its_path():

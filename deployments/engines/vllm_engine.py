@@ -9,6 +9,7 @@ same way for every engine) and aborts a request when its stream is closed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -140,8 +141,14 @@ class VLLMEngine(Engine):
             args.update(enable_lora=True, max_lora_rank=self.lora[0], max_loras=self.lora[1])
         args.update(self.engine_args)
         started = time.monotonic()
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[self._scheduler.for_engine])
-        self.tokenizer = HFTokenizer.load(self.model_path)
+        # In a worker thread: vLLM's start (engine processes, weights, handshake) blocks for
+        # 20-60 s, and the event loop it would block may be serving other models meanwhile (a
+        # front hosting co-located models). AsyncLLM starts its output handler on the first
+        # request, on the loop that makes it, when it is built outside a running loop.
+        self.llm = await asyncio.to_thread(
+            AsyncLLM.from_engine_args, AsyncEngineArgs(**args), stat_loggers=[self._scheduler.for_engine]
+        )
+        self.tokenizer = await asyncio.to_thread(HFTokenizer.load, self.model_path)
         self.max_model_len = self.llm.model_config.max_model_len
         logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.model_path, self.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
 

@@ -1,0 +1,133 @@
+"""The front: the FastAPI ingress deployment holding the OpenAI routes, routing by ``model``.
+
+Each model is reached through a handle with one interface (``handle.method.remote(...)``):
+
+* **co-located** (``colocated: true``): its model server is built inside each front replica and
+  called in-process (``deployments/inprocess.py``). With the serving environment of
+  ``configs/serving.env`` (HAProxy direct ingress, user code on the replica's loop), a token goes
+  from the engine to the client's socket with no Python process in between that only relays.
+* **separate**: its own deployment (``llm-<id>`` / ``embed-<id>``) with its own replicas,
+  resources and nodes, reached through a Ray Serve deployment handle.
+
+This module imports no engine code: a co-located model's server module is imported when the
+replica builds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+from deployments import serving_env
+from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.auth import KeyStore
+from deployments.config import AppConfig, EmbeddingConfig, LLMConfig
+from deployments.inprocess import Admission, LocalModel, construct
+
+logger = logging.getLogger("ray.serve")
+
+# Serve's defaults for a model deployment (deployments/deployment.py), kept for a co-located model
+DEFAULT_MAX_ONGOING = {LLM: 64, EMBEDDING: 128}
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class Ingress:
+    """OpenAI routes over co-located model servers and handles of separate model deployments.
+
+    The replica answers as soon as its routes exist; co-located models load in the background
+    meanwhile (a request for one answers 503 with Retry-After, and ``/health`` says ``loading``,
+    until it is ready), as a separate deployment's model does while its replica starts.
+    """
+
+    async def __init__(self, config: AppConfig, llms: dict[str, Any], embeddings: dict[str, Any]) -> None:
+        colocated = [m for m in [*config.llms, *config.embeddings] if m.colocated]
+        logger.info(serving_env.startup_line([m.id for m in colocated]))
+        for warning in serving_env.missing_settings(bool(colocated)):
+            logger.warning(warning)
+        retry = config.server.retry_after_s
+        self.local: dict[str, LocalModel] = {}
+        routes = []
+        for model in config.llms + config.embeddings:
+            kind = LLM if isinstance(model, LLMConfig) else EMBEDDING
+            aliases = [n for n in model.names if n != model.id]
+            if model.colocated:
+                limits = model.deployment
+                local = self.local[model.id] = LocalModel(
+                    Admission(
+                        limits.max_ongoing_requests or DEFAULT_MAX_ONGOING[kind],
+                        -1 if limits.max_queued_requests is None else limits.max_queued_requests,
+                        retry,
+                    )
+                )
+                routes.append(ModelRoute(model.id, kind, local.handle(), aliases, replicas=local.replicas))
+            else:
+                handle = (llms if kind == LLM else embeddings)[model.id]
+                routes.append(ModelRoute(model.id, kind, handle, aliases, replicas=_routable_replicas(handle)))
+        self.router = Router(routes)
+        self.server = config.server
+        self.keys = KeyStore.from_env()
+        self._loading = asyncio.create_task(self._load(colocated)) if colocated else None
+        logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.router, self.keys, self.server)
+
+    async def _load(self, models: list[LLMConfig | EmbeddingConfig]) -> None:
+        """Build the co-located models' servers together (vLLM starts in its own processes while
+        the embedding model loads in a thread); each serves as soon as it is built."""
+
+        async def build(model) -> None:
+            if isinstance(model, LLMConfig):
+                from deployments.llm_server import LLMServer as cls
+            else:
+                from deployments.embedding_server import EmbeddingServer as cls
+            self.local[model.id].server = await construct(cls, model)
+
+        await asyncio.gather(*(build(m) for m in models))
+
+    async def check_health(self) -> None:
+        """Ray Serve's periodic check: a co-located model that failed to load, or whose engine
+        failed, fails this replica, and Serve replaces it (with every model co-located in it)."""
+        if self._loading is not None and self._loading.done() and self._loading.exception() is not None:
+            raise RuntimeError(f"a co-located model failed to load: {self._loading.exception()!r}")
+        for local in self.local.values():
+            if local.server is not None:
+                await local.server.check_health()
+
+    async def __del__(self) -> None:
+        """Serve calls this on a graceful stop: co-located engines (vLLM's child processes) stop
+        with the replica, also those still starting."""
+        loading = getattr(self, "_loading", None)
+        if loading is not None and not loading.done():
+            loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+        for local in getattr(self, "local", {}).values():
+            shutdown = getattr(local.server, "shutdown", None)
+            if shutdown is not None:
+                await shutdown()
+
+
+def _routable_replicas(handle):
+    """How many replicas ``handle`` can route to right now, as its router knows them.
+
+    Serve's controller pushes each deployment's running replicas to every handle's router (its
+    long poll); this reads that view, so a model counts as ready exactly when a request would
+    find a replica, with no polling of ``serve.status()``. The attributes are Ray Serve 2.60's
+    (``_private/router.py``: ``AsyncioRouter._request_router.curr_replicas``, or
+    ``_running_replicas`` before the request router exists); requirements.txt pins that version.
+    """
+
+    def count() -> int:
+        router = getattr(handle._router, "_asyncio_router", None)
+        if router is None:
+            return 0
+        request_router = router._request_router
+        if request_router is not None:
+            return len(request_router.curr_replicas)
+        return len(router._running_replicas or ())
+
+    return count
