@@ -89,6 +89,26 @@ def test_greedy_answer(client, model):
     assert reply.model == model
 
 
+# Greedy answers of the default model, as a person would check them: the answer names the fact.
+FACTS = [
+    ("What is the capital of France?", "Paris"),
+    ("What is the capital of Japan?", "Tokyo"),
+    ("What is the capital of Germany?", "Berlin"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("What is the chemical symbol for water?", "H2O"),
+]
+
+
+def test_default_dtype_answers_factual_prompts(client, model):
+    """bfloat16, the default dtype (serve_config.yaml serves it), keeps the model's answers."""
+    from deployments.config import LLMConfig
+
+    assert client.models.retrieve(model).model_extra["dtype"] == LLMConfig.model_fields["dtype"].default == "bfloat16"
+    for prompt, word in FACTS:
+        answer = chat(client, model, messages=[{"role": "user", "content": prompt}], max_tokens=32).choices[0].message.content
+        assert word in answer, (prompt, answer)
+
+
 def test_stop_strings_and_stop_token_ids(client, model, tokenizer):
     reply = chat(client, model, stop=["France"])
     assert reply.choices[0].message.content == "The capital of " and reply.choices[0].finish_reason == "stop"
