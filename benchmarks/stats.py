@@ -32,8 +32,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 class Target:
     """One target of the issue, checked against a value measured in one run.
 
-    ``kind`` is ``"ratio"`` (value is a ratio like 0.88, shown as ``0.88x``, target a minimum)
-    or ``"max_ms"`` (value in milliseconds, target a maximum, e.g. an overhead).
+    ``kind`` is ``"ratio"`` (value is a ratio like 0.88, shown as ``0.88x``, target a minimum),
+    ``"max_ms"`` (value in milliseconds, target a maximum, e.g. an overhead) or ``"max_s"``
+    (seconds, a maximum, e.g. a start-up time).
     """
 
     name: str
@@ -57,10 +58,14 @@ class Target:
     def shown_value(self) -> str:
         if not self.measured:
             return "–"
-        return f"{self.value:.2f}x" if self.kind == "ratio" else f"{self.value:.1f} ms"
+        return f"{self.value:.2f}x" if self.kind == "ratio" else f"{self.value:.1f} {self._unit}"
 
     def shown_target(self) -> str:
-        return f">= {self.threshold:g}x" if self.kind == "ratio" else f"<= {self.threshold:g} ms"
+        return f">= {self.threshold:g}x" if self.kind == "ratio" else f"<= {self.threshold:g} {self._unit}"
+
+    @property
+    def _unit(self) -> str:
+        return "s" if self.kind == "max_s" else "ms"
 
     def verdict(self) -> str:
         """'met', or 'missed by ...' with how far off it is, or why it was not measured."""
@@ -71,7 +76,7 @@ class Target:
         if self.kind == "ratio":
             short = (self.threshold - self.value) / self.threshold * 100
             return f"missed by {short:.0f}% ({self.value:.2f}x of the {self.threshold:g}x asked)"
-        return f"missed by {self.value - self.threshold:.1f} ms"
+        return f"missed by {self.value - self.threshold:.1f} {self._unit}"
 
 
 def fmt(value, digits: int | None = None) -> str:

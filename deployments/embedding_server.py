@@ -40,7 +40,7 @@ class EmbeddingServer:
         self.config = config
         self.created = int(time.time())
         started = time.monotonic()
-        path = model_store.resolve(config.source)
+        path = await asyncio.to_thread(model_store.resolve, config.source)  # off the loop, as the LLM server does
         logger.info("Embedding model %s: loading %s", config.id, model_store.describe(path))
         self.model = await asyncio.to_thread(self._load, path)
         self.tokenizer = self.model.tokenizer

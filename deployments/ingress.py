@@ -86,6 +86,7 @@ class Ingress:
             else:
                 from deployments.embedding_server import EmbeddingServer as cls
             self.local[model.id].server = await construct(cls, model)
+            logger.info("Model %s is ready", model.id)
 
         await asyncio.gather(*(build(m) for m in models))
 

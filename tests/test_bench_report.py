@@ -38,6 +38,10 @@ def synthetic() -> dict:
                  "vllm_server": {"smollm2": [level(1, 16.0, 0.180), level(32, 100.0, 5.9)]},
                  "inprocess": {"smollm2-vllm": {"engine": "vllm", "levels": [level(1, 17.0, 0.235), level(32, 120.0, 5.0)]},
                                "smollm2-hf": {"error": "RuntimeError: boom\nmore lines"}},
+                 "default_config": {"model": "smollm2-135m-instruct", "dtype": "bfloat16",
+                                    "graph": {"start_to_healthy_s": 70.0,
+                                              "smollm2-135m-instruct": [level(1, 16.0, 0.250), level(32, 95.0, 6.0, cpu=cpu)]},
+                                    "vllm_server": {"start_to_healthy_s": 45.0, "smollm2": [level(1, 17.0, 0.2), level(32, 100.0, 5.5)]}},
                  "offline": {"vllm_offline": {"prompts": 32, "tokens": 2048, "wall_s": 14.0, "tokens_per_s": 140.0},
                              "hf_static": {"prompts": 32, "tokens": 2048, "wall_s": 80.0, "tokens_per_s": 25.0}}},
         "embeddings": {**part, "settings": {"in_flight": 64, "torch_threads": 2, "batch_size": 64, "model_path": "/m"},
@@ -98,7 +102,7 @@ def test_table_renders_markdown_and_checks_widths():
 
 def test_targets_from_synthetic_results():
     by_name = {t.name: t for t in report.targets(synthetic())}
-    server = by_name["graph / vLLM's own server, output tok/s at c=32"]
+    server = by_name["separate-deployment graph (`configs/engines-cpu.yaml`) / vLLM's own server, output tok/s at c=32"]
     assert server.value == pytest.approx(0.9) and server.verdict().startswith("missed by 10%")
     vllm_ttft = by_name["TTFT p50, graph minus in-process, c=1, vLLM engine"]
     assert vllm_ttft.value == pytest.approx(10.0) and vllm_ttft.met
@@ -117,7 +121,7 @@ def test_quick_runs_compare_at_their_highest_level():
     for rows in (results["chat"]["graph"]["smollm2-vllm"], results["chat"]["vllm_server"]["smollm2"]):
         rows[1]["concurrency"] = 8
     names = [t.name for t in report.targets(results)]
-    assert "graph / vLLM's own server, output tok/s at c=8" in names
+    assert "separate-deployment graph (`configs/engines-cpu.yaml`) / vLLM's own server, output tok/s at c=8" in names
 
 
 def test_render_has_every_section_and_the_failures():
@@ -186,3 +190,23 @@ def test_a_part_mixing_runs_says_when_each_path_ran():
     text = report.render(results)
     assert "Its paths come from different runs (graph 2026-01-01 00:00 UTC, vllm_server 2026-01-02 09:30 UTC)" in text
     assert "different runs" not in report.render(synthetic())
+
+
+def test_default_config_targets_and_section():
+    results = synthetic()
+    results["coldstart"] = {"config": "serve_config.yaml", "to_health_ok_s": 50.0, "to_first_chat_s": 41.5,
+                            "to_first_embedding_s": 20.0, "to_all_answering_s": 50.0}
+    by_name = {t.name: t for t in report.targets(results)}
+    fast = by_name["default config (fast path) / vLLM's own server, output tok/s at c=32"]
+    assert fast.value == pytest.approx(0.95) and fast.met
+    ttft = by_name["TTFT p50, default config minus the vLLM engine in-process, c=1"]
+    assert ttft.value == pytest.approx(15.0) and ttft.met  # 250 ms against 235 ms in-process
+    cold = by_name["cold start: `serve run serve_config.yaml` to the first chat answer, s"]
+    assert cold.verdict() == "missed by 11.5 s" and cold.shown_target() == "<= 30 s"
+    before = {"model": "smollm2-135m-instruct", "dtype": "float32",
+              "graph": {"smollm2-135m-instruct": [level(32, 60.0, 9.0)]}, "vllm_server": {"smollm2": [level(32, 99.0, 5.0)]}}
+    text = report.render(results, before=before)
+    assert "| default config | 32 | 95.0 | 6.0 |" in text
+    assert "| vLLM's own server | 1 | 17.0 | 0.2 |" in text
+    assert "| before the fast path (float32): graph | 32 | 60.0 | 9.0 |" in text
+    assert "Start to healthy in this run: the default config 70.0 s; vLLM's own server 45.0 s." in text

@@ -25,7 +25,7 @@ async def start_engine(config: LLMConfig) -> Engine:
     if config.engine in ("vllm", "auto"):
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
-        why_not = vllm_unavailable_reason()
+        why_not = await asyncio.to_thread(vllm_unavailable_reason)  # imports vllm: seconds, off the loop
         if why_not is None:
             reason = "engine: vllm in the config" if config.engine == "vllm" else "auto: vLLM imports and started here"
             engine = _vllm(config, path, reason)
