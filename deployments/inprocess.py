@@ -17,7 +17,7 @@ pass without a slot, so a probe of a busy model sees it busy, not refused.
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager, nullcontext
 from typing import Any, AsyncIterator
 
 from deployments.errors import APIError, ErrorKind, unavailable
@@ -53,6 +53,15 @@ class Admission:
     def leave(self) -> None:
         self.running -= 1
         self._slots.release()
+
+    @asynccontextmanager
+    async def slot(self):
+        """Held while a call runs: ``enter`` (or a 429) before it, ``leave`` after it."""
+        await self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
 
 
 class LocalModel:
@@ -102,25 +111,18 @@ class _Method:
         return self._stream_call(fn, args) if self.stream else self._call(fn, args)
 
     async def _call(self, fn, args: tuple) -> Any:
-        if self.admission is None:
+        async with self.slot():
             return await _value(fn(*args))
-        await self.admission.enter()
-        try:
-            return await _value(fn(*args))
-        finally:
-            self.admission.leave()
 
     async def _stream_call(self, fn, args: tuple) -> AsyncIterator[Any]:
         """The server's stream; its slot is held until the stream ends or is closed."""
-        if self.admission is not None:
-            await self.admission.enter()
-        try:
-            async with aclosing(fn(*args)) as items:
-                async for item in items:
-                    yield item
-        finally:
-            if self.admission is not None:
-                self.admission.leave()
+        async with self.slot(), aclosing(fn(*args)) as items:
+            async for item in items:
+                yield item
+
+    def slot(self):
+        """A running slot of the model's admission; metadata calls take none."""
+        return nullcontext() if self.admission is None else self.admission.slot()
 
 
 async def _value(result: Any) -> Any:
