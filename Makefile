@@ -21,12 +21,15 @@ install: $(STAMP)
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 VLLM_REQUIREMENTS := $(if $(HAS_GPU),requirements-gpu.txt,requirements-cpu.txt)
 
-$(STAMP): requirements.txt requirements-cpu.txt requirements-gpu.txt requirements-nodeps.txt
+$(STAMP): requirements.txt requirements-cpu.txt requirements-gpu.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -r requirements.txt -r $(VLLM_REQUIREMENTS)
 	$(PY) -m pip install --no-deps -r requirements-nodeps.txt
 	$(if $(HAS_GPU),,$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec)
+	# the project itself, editable and without dependencies: it declares the vLLM plugin that
+	# carries our engine settings into vLLM's own processes (pyproject.toml)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Prepare the models the configs name (the GGUF default is de-quantised once into ./models).

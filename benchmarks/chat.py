@@ -111,7 +111,10 @@ def bench_vllm_server(s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE
 
     hold_graph_lock()
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    from deployments.engines.vllm_engine import CPU_ENV_DEFAULTS
+
+    # the engine's own CPU settings, as the graph's vLLM engine has them (its plugin included)
+    env = {**os.environ, **CPU_ENV_DEFAULTS}
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
         "--served-model-name", "smollm2", "--dtype", dtype, "--max-model-len", "2048",

@@ -35,14 +35,14 @@ BATCHES_PER_CALL = 4
 
 class EmbeddingServer:
     async def __init__(self, config: EmbeddingConfig) -> None:
-        from deployments import model_store
+        from deployments import loading, model_store
 
         self.config = config
         self.created = int(time.time())
         started = time.monotonic()
-        path = await asyncio.to_thread(model_store.resolve, config.source)  # off the loop, as the LLM server does
+        path = await loading.exclusive(model_store.resolve, config.source)  # off the loop, as the LLM server does
         logger.info("Embedding model %s: loading %s", config.id, model_store.describe(path))
-        self.model = await asyncio.to_thread(self._load, path)
+        self.model = await loading.exclusive(self._load, path)
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length)
         self.native_dimensions = int(self.model.get_embedding_dimension())

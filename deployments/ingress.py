@@ -78,7 +78,17 @@ class Ingress:
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while
-        the embedding model loads in a thread); each serves as soon as it is built."""
+        the embedding model loads in a thread); each serves as soon as it is built.
+
+        One model loads in the process at a time (``deployments/loading.py``), chat models
+        first: vLLM's import and its in-process start are the chat model's critical path, and
+        the rest of vLLM's start (its engine processes, most of the time) leaves this process
+        free, so the embedding models load then."""
+        from deployments import loading
+        from deployments.engines import import_engines
+
+        llms = [m for m in models if isinstance(m, LLMConfig)]
+        await import_engines(llms)
 
         async def build(model) -> None:
             if isinstance(model, LLMConfig):
@@ -88,7 +98,15 @@ class Ingress:
             self.local[model.id].server = await construct(cls, model)
             logger.info("Model %s is ready", model.id)
 
-        await asyncio.gather(*(build(m) for m in models))
+        builds = [asyncio.create_task(build(m)) for m in llms]
+        await loading.settled()
+        builds += [asyncio.create_task(build(m)) for m in models if m not in llms]
+        try:
+            await asyncio.gather(*builds)
+        finally:
+            for task in builds:  # cancelled (the replica stops) or one failed: stop the rest
+                task.cancel()
+            await asyncio.gather(*builds, return_exceptions=True)
 
     async def check_health(self) -> None:
         """Ray Serve's periodic check: a co-located model that failed to load, or whose engine

@@ -17,15 +17,15 @@ class EngineUnavailable(RuntimeError):
 
 async def start_engine(config: LLMConfig) -> Engine:
     """Create and start the engine the config asks for; ``auto`` falls back to transformers."""
-    from deployments import model_store
+    from deployments import loading, model_store
 
     # a GGUF source is de-quantised once, which takes a while: off the event loop
-    path = await asyncio.to_thread(model_store.resolve, config.source, config.dtype)
+    path = await loading.exclusive(model_store.resolve, config.source, config.dtype)
     logger.info("Model %s: loading %s", config.id, model_store.describe(path))
     if config.engine in ("vllm", "auto"):
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
-        why_not = await asyncio.to_thread(vllm_unavailable_reason)  # imports vllm: seconds, off the loop
+        why_not = await loading.exclusive(vllm_unavailable_reason)  # imports vllm: seconds, off the loop
         if why_not is None:
             reason = "engine: vllm in the config" if config.engine == "vllm" else "auto: vLLM imports and started here"
             engine = _vllm(config, path, reason)
@@ -45,6 +45,16 @@ async def start_engine(config: LLMConfig) -> Engine:
     await engine.start()
     logger.info("Model %s: engine hf (%s)", config.id, reason)
     return engine
+
+
+async def import_engines(configs: list[LLMConfig]) -> None:
+    """Import the engine these configs may start (vLLM, for ``vllm`` or ``auto``) in a thread,
+    ahead of :func:`start_engine`, which then finds the answer kept."""
+    if any(c.engine in ("vllm", "auto") for c in configs):
+        from deployments import loading
+        from deployments.engines.vllm_engine import vllm_unavailable_reason
+
+        await loading.exclusive(vllm_unavailable_reason)
 
 
 def _hf(config: LLMConfig, path: str, reason: str) -> Engine:

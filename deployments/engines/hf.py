@@ -86,8 +86,10 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        from deployments import loading
+
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._load)
+        await loading.exclusive(self._load)
         self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
         self._thread.start()
 

