@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments import metrics, protocol, responses, sse
+from deployments import metrics, protocol, ratelimit, responses, sse
 from deployments.auth import Key, KeyStore, bearer
 from deployments.config import ServerConfig
 from deployments.errors import APIError, ErrorKind, internal, invalid, model_not_found, unavailable
@@ -126,7 +126,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "missing or wrong API key",
         403: "this API key may not use the model",
         404: "unknown model or path",
-        429: "the model is at capacity; see Retry-After",
+        429: "the model is at capacity, or the API key is over its rpm/tpm limit (x-ratelimit-* headers); see Retry-After",
         503: "the model is loading or has no healthy replica; see Retry-After",
     }.items()
 }
@@ -272,8 +272,11 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None) -> FastAPI:
-    """The OpenAI routes over ``router``; ``keys`` (none: open) and ``server`` settings."""
+def create_app(
+    router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None, limiter: ratelimit.ReplicaLimiter | None = None
+) -> FastAPI:
+    """The OpenAI routes over ``router``; ``keys`` (none: open) and ``server`` settings; ``limiter``
+    applies the keys' rate limits (default, when a key has some: this process's own ledger)."""
     keys = keys or KeyStore([])
     server = server or ServerConfig()
     retry = router.retry_after_s = server.retry_after_s
@@ -311,6 +314,8 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
         if limit is not None and value is not None and value > limit:
             raise invalid(f"{param} is {value}; this server allows at most {limit}.", param, "max_tokens_limit")
 
+    if keys.limited:  # added before Authenticate, so it runs after it, with the caller's key
+        app.add_middleware(ratelimit.RateLimit, limiter=limiter or ratelimit.ReplicaLimiter())
     app.add_middleware(Authenticate, keys=keys, public_paths=server.public_paths)
     if server.cors_allow_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -321,7 +326,7 @@ def create_app(router: Router, keys: KeyStore | None = None, server: ServerConfi
             allow_origins=server.cors_allow_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["Retry-After"],
+            expose_headers=["Retry-After", *ratelimit.HEADERS],
         )
     app.add_middleware(BodyLimit, max_bytes=server.max_body_bytes)
     metrics.install(app, router)  # outermost: sees every answer, 401s and 413s included

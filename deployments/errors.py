@@ -24,7 +24,10 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = (404, "invalid_request_error", "not_found")
     METHOD_NOT_ALLOWED = (405, "invalid_request_error", "method_not_allowed")
     PAYLOAD_TOO_LARGE = (413, "invalid_request_error", "payload_too_large")
-    RATE_LIMITED = (429, "rate_limit_error", "rate_limited")
+    RATE_LIMITED = (429, "rate_limit_error", "rate_limited")  # a model's queue is full
+    # an API key's own limits (deployments/ratelimit.py), with the types OpenAI sends for them
+    RATE_LIMIT_REQUESTS = (429, "requests", "rate_limit_requests")
+    RATE_LIMIT_TOKENS = (429, "tokens", "rate_limit_tokens")
     INTERNAL = (500, "server_error", "internal")
     UNAVAILABLE = (503, "service_unavailable_error", "unavailable")
 
@@ -44,6 +47,8 @@ _DEFAULT_CODES = {
     ErrorKind.AUTHENTICATION: "invalid_api_key",
     ErrorKind.NOT_FOUND: "not_found",
     ErrorKind.RATE_LIMITED: "rate_limit_exceeded",
+    ErrorKind.RATE_LIMIT_REQUESTS: "rate_limit_exceeded",
+    ErrorKind.RATE_LIMIT_TOKENS: "rate_limit_exceeded",
 }
 
 

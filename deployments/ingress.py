@@ -26,6 +26,8 @@ from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
 from deployments.auth import KeyStore
 from deployments.config import AppConfig, EmbeddingConfig, LLMConfig
 from deployments.inprocess import Admission, LocalModel, construct
+from deployments.ratelimit import ReplicaLimiter
+from deployments.ratelimit_ray import RayAuthority
 
 logger = logging.getLogger("ray.serve")
 
@@ -70,11 +72,15 @@ class Ingress:
         self.router = Router(routes)
         self.server = config.server
         self.keys = KeyStore.from_env()
+        self.limiter = None
+        if self.keys.limited:  # one ledger for the whole application, in a Ray actor
+            self.limiter = ReplicaLimiter(RayAuthority(serve.get_replica_context().app_name))
+            self.limiter.start()
         self._loading = asyncio.create_task(self._load(colocated)) if colocated else None
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.router, self.keys, self.server)
+        return create_app(self.router, self.keys, self.server, self.limiter)
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while
@@ -120,6 +126,9 @@ class Ingress:
     async def __del__(self) -> None:
         """Serve calls this on a graceful stop: co-located engines (vLLM's child processes) stop
         with the replica, also those still starting."""
+        limiter = getattr(self, "limiter", None)
+        if limiter is not None:
+            await limiter.close()
         loading = getattr(self, "_loading", None)
         if loading is not None and not loading.done():
             loading.cancel()

@@ -26,8 +26,6 @@ process-wide default one.
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from typing import Any
 
@@ -41,6 +39,7 @@ from starlette.routing import Match
 from deployments import sse
 from deployments.errors import APIError, ErrorKind
 from deployments.health import STATES, model_states
+from deployments.usage import GENERATED, keep_tail, usage_at_end
 
 PREFIX = "model_server_"
 # LLM requests take seconds to minutes; embedding requests milliseconds.
@@ -49,13 +48,6 @@ TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 30, 
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5)
 STATS_TIMEOUT_S = 5.0  # a model that does not answer within this is reported without its load
 
-# A chunk carries generated text when a "content", "text", "arguments" (chat, completions) or
-# "delta" (Responses API) string is not empty. JSON escapes quotes inside strings, so this cannot
-# match inside generated text itself.
-_GENERATED = re.compile(rb'"(?:content|text|arguments|delta)":"[^"]')
-# Non-streamed bodies end with their usage object (protocol's builders put it last).
-_USAGE_AT_END = re.compile(rb'"usage":(\{[^{}]*\})\}\s*$')
-_TAIL_BYTES = 512
 
 
 class Metrics:
@@ -174,12 +166,12 @@ class _Exchange:
     def on_body(self, body: bytes) -> bytes:
         """Note what the body chunk says; return it as the client should get it."""
         if not self.stream:
-            self.tail = body[-_TAIL_BYTES:] if len(body) >= _TAIL_BYTES else (self.tail + body)[-_TAIL_BYTES:]
+            self.tail = keep_tail(self.tail, body)
             return body
         body, usage = sse.take_usage_comment(body)
         if usage is not None:
             self.stream_usage = usage
-        if _GENERATED.search(body):
+        if GENERATED.search(body):
             now = time.perf_counter()
             if self.first_text is None:
                 self.first_text = now
@@ -191,8 +183,7 @@ class _Exchange:
     def usage(self) -> dict[str, int] | None:
         if self.stream:
             return self.stream_usage
-        match = _USAGE_AT_END.search(self.tail)
-        return json.loads(match.group(1)) if match else None
+        return usage_at_end(self.tail)
 
 
 class MetricsMiddleware:
