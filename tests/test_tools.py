@@ -164,21 +164,29 @@ async def test_streamed_calls_arrive_as_fragments_that_reassemble(tool_client):
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]] == ["tool_calls"]
 
 
+WEATHER_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+HISTORY = {  # a call and its result, in today's form and in the deprecated one
+    "tools": [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": WEATHER_CALL}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
+    ],
+    "functions": [
+        {"role": "assistant", "content": None, "function_call": WEATHER_CALL},
+        {"role": "function", "name": "get_weather", "content": "22 C and sunny"},
+    ],
+}
+
+
 async def test_tool_results_are_accepted_back(tool_client):
-    body = {
-        "model": "fake-llm",
-        "tools": TOOLS,
-        "messages": [
-            {"role": "user", "content": "weather in Paris?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
-            {"role": "user", "content": ".ynnus dna C 22"},
-        ],
-    }
-    r = await tool_client.post("/v1/chat/completions", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "22 C and sunny.", "refusal": None, "annotations": []}
+    """Both forms of the history give the model the same prompt, and the answer after it."""
+    prompts = []
+    for form, defined in (("tools", TOOLS), ("functions", [t["function"] for t in TOOLS])):
+        messages = [{"role": "user", "content": "weather in Paris?"}, *HISTORY[form], {"role": "user", "content": ".ynnus dna C 22"}]
+        r = await tool_client.post("/v1/chat/completions", json={"model": "fake-llm", form: defined, "messages": messages})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "22 C and sunny.", "refusal": None, "annotations": []}
+        prompts.append((await tool_client.post("/tokenize", json={"model": "fake-llm", "messages": messages})).json()["tokens"])
+    assert prompts[0] == prompts[1]
 
 
 async def test_forcing_a_call_needs_an_engine_that_constrains_output(tool_client):
@@ -248,26 +256,6 @@ async def test_functions_plain_answers_and_function_call_none(tool_client):
     r = await tool_client.post("/v1/chat/completions", json=_functions_ask(CALL, function_call="none"))
     assert r.json()["choices"][0]["message"]["content"] == CALL
     assert r.json()["choices"][0]["finish_reason"] == "stop"
-
-
-async def test_an_old_style_function_loop(tool_client):
-    """The call the model made and the function's result go back in the deprecated form."""
-    body = {
-        "model": "fake-llm",
-        "functions": FUNCTIONS,
-        "messages": [
-            {"role": "user", "content": "weather in Paris?"},
-            {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-            {"role": "function", "name": "get_weather", "content": "22 C and sunny"},
-            {"role": "user", "content": ".ynnus dna C 22"},
-        ],
-    }
-    r = await tool_client.post("/v1/chat/completions", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"]["content"] == "22 C and sunny."
-    rendered = await tool_client.post("/tokenize", json={"model": "fake-llm", "messages": body["messages"], "return_token_strs": True})
-    prompt = "".join(rendered.json()["token_strs"])
-    assert "assistant: " + tools.call_text("get_weather", '{"city": "Paris"}') in prompt and "tool: 22 C and sunny" in prompt
 
 
 async def test_functions_errors_name_the_deprecated_parameter(tool_client):
