@@ -45,17 +45,20 @@ serve: models
 test: models clients
 	$(PY) -m pytest -ra
 
-# The client matrix's other clients (docs/clients.md): shell_gpt in its own venv (it pins
-# openai<3), openai-node from the lock file, and Chromium for the browser row. Their tests skip,
-# saying so, where one cannot be installed (no npm, or no root/apt-get for Chromium).
+# The client matrix's other clients (docs/clients.md): shell_gpt (it pins openai<3) and the
+# pre-1.0 openai package (openai==0.28.1) each in its own venv, openai-node from the lock file,
+# and Chromium for the browser row. Their tests skip, saying so, where one cannot be installed
+# (no npm, or no root/apt-get for Chromium).
 SGPT_VENV := tests/clients/sgpt/.venv
+OPENAI028_VENV := tests/clients/openai028/.venv
 NODE_CLIENT := tests/clients/node/node_modules/.package-lock.json
 
-clients: $(SGPT_VENV)/.installed-stamp $(NODE_CLIENT) chromium
+clients: $(SGPT_VENV)/.installed-stamp $(OPENAI028_VENV)/.installed-stamp $(NODE_CLIENT) chromium
 
-$(SGPT_VENV)/.installed-stamp: tests/clients/sgpt/requirements.txt
-	test -x $(SGPT_VENV)/bin/python || $(PYTHON) -m venv $(SGPT_VENV)
-	$(SGPT_VENV)/bin/python -m pip install -q -r tests/clients/sgpt/requirements.txt
+# A Python client in a venv of its own, from its folder's requirements.txt (only that folder changes).
+tests/clients/%/.venv/.installed-stamp: tests/clients/%/requirements.txt
+	test -x tests/clients/$*/.venv/bin/python || $(PYTHON) -m venv tests/clients/$*/.venv
+	tests/clients/$*/.venv/bin/python -m pip install -q -r $<
 	touch $@
 
 $(NODE_CLIENT): tests/clients/node/package.json tests/clients/node/package-lock.json
@@ -94,4 +97,4 @@ $(INFINITY_VENV)/.installed-stamp: benchmarks/requirements-infinity.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(INFINITY_VENV) models .pytest_cache $(SGPT_VENV) tests/clients/node/node_modules
+	rm -rf $(VENV) $(INFINITY_VENV) models .pytest_cache $(SGPT_VENV) $(OPENAI028_VENV) tests/clients/node/node_modules

@@ -112,9 +112,10 @@ class LLMServer:
                 protocol.chat_choice(
                     i,
                     content if content or not calls else None,
-                    "tool_calls" if calls else finishes[i],
+                    finishes[i],
                     self._chat_logprobs(logprobs[i]) if req.logprobs else None,
                     [c.as_dict() for c in calls],
+                    req.uses_functions,
                 )
             )
         return protocol.chat_completion(rid, protocol.now(), req.model, choices, protocol.usage(len(prompt), produced))
@@ -128,15 +129,6 @@ class LLMServer:
 
         def chunk(choices, usage=None) -> str:
             return sse.event(protocol.chat_chunk(rid, created, model, choices, usage))
-
-        def calls_chunks(index: int, calls: list[tools.ToolCall]) -> list[str]:
-            out = []
-            for k, call in enumerate(calls):  # the call's identity first, then its arguments
-                head = {"index": k, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-                out.append(chunk([protocol.chat_chunk_choice(index, {"tool_calls": [head]})]))
-                args = {"index": k, "function": {"arguments": call.arguments}}
-                out.append(chunk([protocol.chat_chunk_choice(index, {"tool_calls": [args]})]))
-            return out
 
         async def events() -> AsyncIterator[str]:
             yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
@@ -154,9 +146,10 @@ class LLMServer:
                             rest, calls = splitters[d.index].finish()
                             if rest:
                                 yield chunk([protocol.chat_chunk_choice(d.index, {"content": rest})])
-                            for message in calls_chunks(d.index, calls):
-                                yield message
-                            finish = "tool_calls" if calls else finish
+                            if calls:
+                                for delta in protocol.call_deltas([c.as_dict() for c in calls], req.uses_functions):
+                                    yield chunk([protocol.chat_chunk_choice(d.index, delta)])
+                                finish = protocol.calls_finish_reason(req.uses_functions)
                         yield chunk([protocol.chat_chunk_choice(d.index, {}, finish)])
             if req.include_usage:
                 yield chunk([], protocol.usage(len(prompt), produced))
@@ -182,7 +175,7 @@ class LLMServer:
         named = req.tool_choice.function.name if isinstance(req.tool_choice, protocol.NamedToolChoice) else None
         if named is not None or req.tool_choice == "required":  # the answer is constrained to a call
             schema = tools.call_schema(req.tool_dicts, named, req.parallel_tool_calls is not False)
-            params.json_schema = self._checked_schema(schema, "tool_choice")
+            params.json_schema = self._checked_schema(schema, req.param_name("tool_choice"))
         return prompt, params, req.stop_list, {t.function.name for t in req.tools}
 
     def _render_chat(self, messages: list, tool_dicts: list[dict[str, Any]] | None) -> list[int]:

@@ -15,6 +15,7 @@ This module imports neither torch, vLLM nor Ray.
 from __future__ import annotations
 
 import base64
+import functools
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
@@ -77,7 +78,7 @@ class AssistantMessage(_Request):
     refusal: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     annotations: list[Any] | None = None  # of an answer sent back as it came: output-only, no effect
-    function_call: Any = None  # deprecated; rejected by the request's check
+    function_call: FunctionCall | None = None  # deprecated form of one tool call (see with_tool_calls)
     audio: Any = None  # rejected by the request's check
 
 
@@ -87,9 +88,36 @@ class ToolMessage(_Request):
     tool_call_id: str
 
 
+class FunctionMessage(_Request):
+    """A function's result in the deprecated form (``ChatCompletionRequestFunctionMessage``)."""
+
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
 ChatMessage = Annotated[
-    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")
+    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage, FunctionMessage], Field(discriminator="role")
 ]
+
+
+def with_tool_calls(messages: list) -> list:
+    """The conversation with its deprecated parts in today's terms: an assistant's
+    ``function_call`` becomes its one tool call, and a ``role: "function"`` result the tool result
+    of the latest call of that function before it. The old form has no call ids; they are made
+    from the message's position (``call_<index>``), the same for the same conversation."""
+    out, latest = [], {}  # function name -> id of its latest call
+    for i, m in enumerate(messages):
+        if isinstance(m, AssistantMessage) and m.function_call is not None:
+            if m.tool_calls:
+                raise invalid("An assistant message has tool_calls or the deprecated function_call, not both.", f"messages[{i}].function_call")
+            call = ToolCallIn(id=f"call_{i}", type="function", function=m.function_call)
+            m = m.model_copy(update={"tool_calls": [call], "function_call": None})
+        elif isinstance(m, FunctionMessage):
+            m = ToolMessage(role="tool", content=m.content or "", tool_call_id=latest.get(m.name, f"call_{m.name}"))
+        latest.update((c.function.name, c.id) for c in getattr(m, "tool_calls", None) or [])
+        out.append(m)
+    return out
 
 
 def check_json_schema(schema: dict[str, Any]) -> None:
@@ -112,10 +140,15 @@ def _schema_or_none(value: dict[str, Any] | None) -> dict[str, Any] | None:
 JsonSchema = Annotated[dict[str, Any], AfterValidator(_schema_or_none)]
 
 
-class FunctionDefinition(_Request):
+class FunctionSpec(_Request):
+    """A function the model may call; as such, the deprecated ``functions`` item (``ChatCompletionFunctions``)."""
+
     name: str = Field(pattern=FUNCTION_NAME)
     description: str | None = None
     parameters: JsonSchema | None = None
+
+
+class FunctionDefinition(FunctionSpec):
     strict: bool | None = None
 
 
@@ -253,9 +286,11 @@ class ChatCompletionRequest(_Sampling):
     service_tier: str | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+    # The deprecated form of tools and tool_choice: mapped onto them (see _map_functions), and
+    # answered in that form (message.function_call, finish_reason "function_call").
+    functions: Annotated[list[FunctionSpec], Field(min_length=1, max_length=128)] | None = None
+    function_call: Union[Literal["none", "auto"], FunctionName] | None = None
     # Spec fields not supported; kept here so the 400 names them instead of "extra field".
-    functions: list[Any] | None = None
-    function_call: Any = None
     audio: Any = None
     modalities: list[str] | None = None
     prediction: Any = None
@@ -265,16 +300,16 @@ class ChatCompletionRequest(_Sampling):
 
     @model_validator(mode="after")
     def _check_chat(self):
-        for name in ("functions", "audio", "prediction", "web_search_options"):
+        for name in ("audio", "prediction", "web_search_options"):
             if getattr(self, name):
-                raise unsupported(name, "use tools and tool_choice" if name == "functions" else None)
-        if self.function_call not in (None, "none"):
-            raise unsupported("function_call", "use tools and tool_choice")
+                raise unsupported(name)
         if self.modalities not in (None, ["text"]):
             raise unsupported("modalities", "only ['text'] is served")
         for i, m in enumerate(self.messages):
-            if isinstance(m, AssistantMessage) and (m.function_call or m.audio):
-                raise unsupported(f"messages[{i}].{'function_call' if m.function_call else 'audio'}")
+            if isinstance(m, AssistantMessage) and m.audio:
+                raise unsupported(f"messages[{i}].audio")
+        self.messages = with_tool_calls(self.messages)
+        self._map_functions()
         self._check_tools()
         if self.top_logprobs and not self.logprobs:
             raise invalid("top_logprobs requires logprobs to be true.", "top_logprobs")
@@ -285,14 +320,43 @@ class ChatCompletionRequest(_Sampling):
             )
         return self
 
+    @property
+    def uses_functions(self) -> bool:
+        """Whether the request is in the deprecated form (``functions``), and so is its answer."""
+        return self.functions is not None
+
+    def param_name(self, name: str) -> str:
+        """What the request calls ``tools`` or ``tool_choice``: in the deprecated form, ``functions``
+        and ``function_call`` (errors name the parameter the client sent)."""
+        return _DEPRECATED_NAMES.get(name, name) if self.uses_functions else name
+
+    def _map_functions(self) -> None:
+        """``functions`` / ``function_call`` as ``tools`` / ``tool_choice``. The deprecated form
+        makes one call at most, so parallel calls are off."""
+        if not self.uses_functions:
+            if self.function_call not in (None, "none"):
+                raise invalid("function_call is only allowed when functions are given.", "function_call")
+            return
+        if self.tools is not None:
+            raise invalid("functions is the deprecated form of tools: give one or the other, not both.", "functions")
+        if self.tool_choice is not None:
+            raise invalid("tool_choice goes with tools; with the deprecated functions, use function_call.", "tool_choice")
+        if self.parallel_tool_calls:
+            raise invalid("The deprecated functions make one call at most: parallel_tool_calls cannot be true.", "parallel_tool_calls")
+        self.tools = [FunctionTool(type="function", function=FunctionDefinition(**f.model_dump(exclude_none=True))) for f in self.functions]
+        choice = self.function_call or "auto"
+        self.tool_choice = NamedToolChoice(type="function", function=choice) if isinstance(choice, FunctionName) else choice
+        self.parallel_tool_calls = False
+
     def _check_tools(self) -> None:
         names = [t.function.name for t in self.tools or []]
+        tools_, choice = self.param_name("tools"), self.param_name("tool_choice")
         if len(set(names)) != len(names):
-            raise invalid("Tool function names must be unique.", "tools")
+            raise invalid("Tool function names must be unique.", tools_)
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise invalid("tool_choice is only allowed when tools are given.", "tool_choice")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
-            raise invalid(f"tool_choice names the function '{self.tool_choice.function.name}', which is not among tools.", "tool_choice")
+            raise invalid(f"{choice} names the function '{self.tool_choice.function.name}', which is not among {tools_}.", choice)
         if self.parallel_tool_calls is not None and not self.tools:
             raise invalid("parallel_tool_calls is only allowed when tools are given.", "parallel_tool_calls")
         if self.tools and self.response_format is not None and self.response_format.type != "text" and self.tool_choice != "none":
@@ -315,6 +379,10 @@ class ChatCompletionRequest(_Sampling):
         if isinstance(rf, JsonSchemaResponseFormat):
             return rf.json_schema.schema_ or ANY_JSON_OBJECT
         return None
+
+
+#: today's names of the deprecated tool parameters -> the deprecated ones
+_DEPRECATED_NAMES = {"tools": "functions", "tool_choice": "function_call"}
 
 
 Prompt = Union[
@@ -547,6 +615,8 @@ class TokenizeRequest(_Request):
             raise invalid("Give either prompt or messages.", "prompt" if self.prompt is None else "messages")
         if self.tools and self.messages is None:
             raise invalid("tools are only used with messages.", "tools")
+        if self.messages is not None:
+            self.messages = with_tool_calls(self.messages)
         if not self.add_generation_prompt:
             raise unsupported("add_generation_prompt", "messages are rendered as a prompt for the assistant's answer")
         return self
@@ -578,20 +648,37 @@ _UNION_TAGS = {fmt: {"text", "json_object", "json_schema"} for fmt in ("response
 
 def _path_parts(loc: tuple[Any, ...]):
     previous: Any = None
+    listed: Any = None  # the field an index indexes (messages in messages[0])
     for part in loc:
         tag = part in _UNION_TAGS.get(previous, ()) if isinstance(previous, str) else False
-        if isinstance(part, int) or (part != "body" and not tag and not _is_type_tag(part, after_index=isinstance(previous, int))):
+        item_tag = isinstance(previous, int) and listed in _ITEM_LISTS
+        if isinstance(part, int) or (part != "body" and not tag and not _is_type_tag(part, after_item=item_tag)):
             yield part
+        if isinstance(part, int):
+            listed = previous
         previous = part
 
 
-_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool", "message", "function_call", "function_call_output"}
+# lists of discriminated items: the member's tag (a message's role, an item's type) follows the index
+_ITEM_LISTS = {"messages", "input"}
+_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool", "function", "message", "function_call", "function_call_output"}
 
 
-def _is_type_tag(part: str, after_index: bool) -> bool:
+@functools.cache
+def _request_models() -> frozenset[str]:
+    """The names of the request models: a union with a model puts the member's name in the location."""
+
+    def names(cls: type) -> set[str]:
+        return {cls.__name__}.union(*(names(sub) for sub in cls.__subclasses__()))
+
+    return frozenset(names(_Request))
+
+
+def _is_type_tag(part: str, after_item: bool) -> bool:
     return (
         part in ("str", "int", "float", "bool", "list", "dict", "none")
-        or (after_index and part in _ROLE_TAGS)
+        or (after_item and part in _ROLE_TAGS)
+        or part in _request_models()
         or "[" in part
         or part.startswith("function-")
     )
@@ -659,11 +746,22 @@ def chat_completion(
 
 
 def chat_choice(
-    index: int, text: str | None, finish_reason: str, logprobs: list | None, tool_calls: list[dict[str, Any]] | None = None
+    index: int,
+    text: str | None,
+    finish_reason: str,
+    logprobs: list | None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    functions: bool = False,
 ) -> dict[str, Any]:
+    """A finished choice. One that calls tools has them as ``tool_calls`` and finishes with
+    ``tool_calls``; in the deprecated form (``functions``) its one call is ``function_call``."""
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
     if tool_calls:
-        message["tool_calls"] = tool_calls
+        if functions:
+            message["function_call"] = tool_calls[0]["function"]
+        else:
+            message["tool_calls"] = tool_calls
+        finish_reason = calls_finish_reason(functions)
     return {
         "index": index,
         "message": message,
@@ -696,6 +794,25 @@ def chat_chunk_choice(
         "logprobs": {"content": logprobs, "refusal": None} if logprobs is not None else None,
         "finish_reason": finish_reason,
     }
+
+
+def calls_finish_reason(functions: bool) -> str:
+    """How a choice that calls tools finishes (``function_call`` in the deprecated form)."""
+    return "function_call" if functions else "tool_calls"
+
+
+def call_deltas(tool_calls: list[dict[str, Any]], functions: bool = False) -> list[dict[str, Any]]:
+    """A choice's calls as streamed deltas: each call's id and name first, then its arguments.
+    In the deprecated form, its one call as ``function_call``: the name, then the arguments."""
+    if functions:
+        call = tool_calls[0]["function"]
+        return [{"function_call": {"name": call["name"], "arguments": ""}}, {"function_call": {"arguments": call["arguments"]}}]
+    deltas = []
+    for k, call in enumerate(tool_calls):
+        head = {"index": k, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"], "arguments": ""}}
+        deltas.append({"tool_calls": [head]})
+        deltas.append({"tool_calls": [{"index": k, "function": {"arguments": call["function"]["arguments"]}}]})
+    return deltas
 
 
 def text_completion(
@@ -808,13 +925,14 @@ class AssistantMessageOut(_Response):
     content: str | None
     refusal: str | None
     tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCallOut | None = None  # instead of tool_calls, when the request sent functions
 
 
 class ChatChoiceOut(_Response):
     index: int
     message: AssistantMessageOut
     logprobs: dict[str, Any] | None
-    finish_reason: Literal["stop", "length", "tool_calls", "content_filter"]
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class ChatCompletion(_Response):

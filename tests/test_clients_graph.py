@@ -32,6 +32,7 @@ FRANCE = [{"role": "user", "content": QUESTION}]
 WORDS = ["king", "queen", "carburetor"]
 NODE_DIR = REPO / "tests" / "clients" / "node"
 SGPT = REPO / "tests" / "clients" / "sgpt" / ".venv" / "bin" / "sgpt"
+OPENAI028 = REPO / "tests" / "clients" / "openai028"
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +329,55 @@ def test_agent_loop_with_memory_json_actions_and_tool_calls(client):
             break
     assert len(agent.steps) >= 2 and all(s.command in ("remember", "recall", "finish") for s in agent.steps)
     assert len(memory.texts) == 3 + sum(s.command == "remember" for s in agent.steps)
+
+
+def test_openai_028_chat_stream_and_deprecated_functions(graph, client, reference, tmp_path):
+    """The pre-1.0 client (``openai.ChatCompletion``, ``OPENAI_API_BASE``) in its own venv:
+    chat and streaming as the official client gets them, and the deprecated function loop: a
+    forced ``function_call`` answered as ``message.function_call`` (streamed as
+    ``delta.function_call``) with arguments that follow the schema, then the function's result
+    as a ``role: "function"`` message. Each answer is the one today's client gets for the same
+    conversation in the tools form."""
+    python = OPENAI028 / ".venv" / "bin" / "python"
+    if not python.exists():
+        pytest.skip("openai 0.28.1 is not installed in its venv: run `make clients` (tests/clients/openai028)")
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
+        "OPENAI_API_BASE": graph.base_url + "/v1", "OPENAI_API_KEY": "sk-anything", "CHAT_MODEL": CHAT_MODEL,
+    }
+    run = subprocess.run([str(python), "check.py"], cwd=OPENAI028, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["version"] == "0.28.1" and out["api_base"] == graph.base_url + "/v1"
+    assert out["chat"] == {"content": reference[0], "finish_reason": "stop"}
+    assert out["stream"] == {"text": reference[0], "finish_reason": "stop"}
+
+    import jsonschema
+
+    weather, functions, result = (out["asked"][k] for k in ("messages", "functions", "result"))
+    tools = [{"type": "function", "function": f} for f in functions]
+    today = dict(model=CHAT_MODEL, temperature=0, tools=tools, parallel_tool_calls=False)
+    forced = client.chat.completions.create(
+        messages=weather, tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60, **today
+    ).choices[0].message
+    message = out["function_call"]["message"]
+    assert out["function_call"]["finish_reason"] == "function_call" and "tool_calls" not in message
+    assert message["function_call"] == {"name": "get_weather", "arguments": forced.tool_calls[0].function.arguments}
+    jsonschema.validate(json.loads(message["function_call"]["arguments"]), functions[0]["parameters"])
+    streamed = out["function_call_stream"]
+    assert {k: streamed[k] for k in ("name", "arguments")} == message["function_call"]
+    assert streamed["finish_reason"] == "function_call"
+    assert "function_call" in streamed["delta_keys"] and "tool_calls" not in streamed["delta_keys"]
+
+    call = {"id": "call_1", "type": "function", "function": message["function_call"]}
+    history = weather + [{"role": "assistant", "content": None, "tool_calls": [call]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": result["content"]}]
+    after = client.chat.completions.create(messages=history, max_tokens=40, **today).choices[0]
+    answer = out["result"]["message"]
+    assert answer.get("content") == after.message.content
+    if after.message.tool_calls:  # the model may call again: then in the deprecated form
+        assert out["result"]["finish_reason"] == "function_call"
+        assert answer["function_call"] == after.message.tool_calls[0].function.model_dump()
+    else:
+        assert out["result"]["finish_reason"] == after.finish_reason and answer["content"].strip()
+    assert out["bad_function_call"] == {"class": "InvalidRequestError", "status": 400, "param": "function_call"}

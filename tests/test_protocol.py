@@ -57,6 +57,7 @@ TOOL = {
         ({"tool_choice": "required"}, "tool_choice"),
         ({"parallel_tool_calls": False}, "parallel_tool_calls"),
         ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}, "tool_choice"),
+        ({"tools": [TOOL], "tool_choice": {"type": "function"}}, "tool_choice.function"),
         ({"tools": [TOOL, TOOL]}, "tools"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}, "response_format.json_schema.name"),
@@ -76,9 +77,77 @@ def test_chat_request_errors_name_the_parameter(change, param):
 
 
 def test_unsupported_parameter_has_its_own_code():
-    error = error_for(ChatCompletionRequest, {**CHAT, "functions": [{"name": "f"}]})
+    error = error_for(ChatCompletionRequest, {**CHAT, "modalities": ["text", "audio"]})
     assert error.code == "unsupported_parameter"
-    assert "functions" in error.message and "tools" in error.message
+    assert "modalities" in error.message and "['text']" in error.message
+
+
+# --------------------------------------------------------------------------- deprecated functions
+FUNCTION = TOOL["function"]
+CALLED = {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+RESULT = {"role": "function", "name": "get_weather", "content": "22 C"}
+
+
+@pytest.mark.parametrize(
+    "change, param",
+    [
+        ({"functions": [FUNCTION], "tools": [TOOL]}, "functions"),
+        ({"functions": [FUNCTION], "tool_choice": "auto"}, "tool_choice"),
+        ({"functions": [FUNCTION], "function_call": {"name": "other"}}, "function_call"),
+        ({"functions": [FUNCTION], "function_call": "required"}, "function_call"),
+        ({"functions": [FUNCTION], "function_call": {"function": "get_weather"}}, "function_call.name"),
+        ({"functions": [FUNCTION], "parallel_tool_calls": True}, "parallel_tool_calls"),
+        ({"functions": [FUNCTION, FUNCTION]}, "functions"),
+        ({"functions": []}, "functions"),
+        ({"functions": [{"name": "no spaces"}]}, "functions[0].name"),
+        ({"functions": [{"name": "f", "parameters": {"type": 5}}]}, "functions[0].parameters"),
+        ({"functions": [{**FUNCTION, "strict": True}]}, "functions[0].strict"),  # not in ChatCompletionFunctions
+        ({"function_call": "auto"}, "function_call"),
+        ({"tools": [TOOL], "function_call": {"name": "get_weather"}}, "function_call"),
+        ({"messages": [{"role": "function", "content": "22 C"}]}, "messages[0].name"),
+        ({"messages": [{"role": "function", "name": "f"}]}, "messages[0].content"),
+        ({"messages": [{**CALLED, "function_call": {"name": "get_weather"}}]}, "messages[0].function_call.arguments"),
+        ({"messages": [{**CALLED, "tool_calls": [{"id": "c", "type": "function", "function": CALLED["function_call"]}]}]},
+         "messages[0].function_call"),
+    ],
+)
+def test_deprecated_functions_errors_name_the_parameter(change, param):
+    error = error_for(ChatCompletionRequest, {**CHAT, **change})
+    assert (error.status, error.param) == (400, param), error.message
+
+
+def test_deprecated_functions_become_tools_with_one_call_at_most():
+    req = ChatCompletionRequest.model_validate({**CHAT, "functions": [FUNCTION], "function_call": {"name": "get_weather"}})
+    assert req.uses_functions and req.tool_dicts == [TOOL]
+    assert req.tool_choice == protocol.NamedToolChoice(type="function", function={"name": "get_weather"})
+    assert req.parallel_tool_calls is False
+    assert req.param_name("tool_choice") == "function_call" and req.param_name("tools") == "functions"
+    assert pickle.loads(pickle.dumps(req)).uses_functions  # as it travels to a model's replica
+    for given, choice in ((None, "auto"), ("auto", "auto"), ("none", "none")):
+        extra = {} if given is None else {"function_call": given}
+        assert ChatCompletionRequest.model_validate({**CHAT, "functions": [FUNCTION], **extra}).tool_choice == choice
+    plain = ChatCompletionRequest.model_validate({**CHAT, "tools": [TOOL], "function_call": "none"})
+    assert not plain.uses_functions and plain.param_name("tool_choice") == "tool_choice"
+
+
+def test_deprecated_history_reads_as_tool_calls_and_results():
+    """An old-style loop (call, function result, call, result) is the same conversation as its
+    tool-call form, with ids made from the calls' positions."""
+    old = [CHAT["messages"][0], CALLED, RESULT, {**CALLED, "content": "Again."}, {**RESULT, "content": None}]
+    req = ChatCompletionRequest.model_validate({**CHAT, "messages": old, "functions": [FUNCTION]})
+    call = {"type": "function", "function": CALLED["function_call"]}
+    new = [
+        CHAT["messages"][0],
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", **call}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+        {"role": "assistant", "content": "Again.", "tool_calls": [{"id": "call_3", **call}]},
+        {"role": "tool", "tool_call_id": "call_3", "content": ""},
+    ]
+    assert req.messages == ChatCompletionRequest.model_validate({**CHAT, "messages": new, "tools": [TOOL]}).messages
+    tokenize = protocol.TokenizeRequest.model_validate({"model": "m", "messages": old})
+    assert tokenize.messages == req.messages
+    mixed = [CHAT["messages"][0], new[1] | {"tool_calls": [{"id": "abc", **call}]}, RESULT]  # a result by name
+    assert ChatCompletionRequest.model_validate({**CHAT, "messages": mixed}).messages[2].tool_call_id == "abc"
 
 
 def test_tools_and_formats_parse_into_what_the_model_server_uses():

@@ -164,21 +164,29 @@ async def test_streamed_calls_arrive_as_fragments_that_reassemble(tool_client):
     assert [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]] == ["tool_calls"]
 
 
+WEATHER_CALL = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+HISTORY = {  # a call and its result, in today's form and in the deprecated one
+    "tools": [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": WEATHER_CALL}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
+    ],
+    "functions": [
+        {"role": "assistant", "content": None, "function_call": WEATHER_CALL},
+        {"role": "function", "name": "get_weather", "content": "22 C and sunny"},
+    ],
+}
+
+
 async def test_tool_results_are_accepted_back(tool_client):
-    body = {
-        "model": "fake-llm",
-        "tools": TOOLS,
-        "messages": [
-            {"role": "user", "content": "weather in Paris?"},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "22 C and sunny"},
-            {"role": "user", "content": ".ynnus dna C 22"},
-        ],
-    }
-    r = await tool_client.post("/v1/chat/completions", json=body)
-    assert r.status_code == 200, r.text
-    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "22 C and sunny.", "refusal": None, "annotations": []}
+    """Both forms of the history give the model the same prompt, and the answer after it."""
+    prompts = []
+    for form, defined in (("tools", TOOLS), ("functions", [t["function"] for t in TOOLS])):
+        messages = [{"role": "user", "content": "weather in Paris?"}, *HISTORY[form], {"role": "user", "content": ".ynnus dna C 22"}]
+        r = await tool_client.post("/v1/chat/completions", json={"model": "fake-llm", form: defined, "messages": messages})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "22 C and sunny.", "refusal": None, "annotations": []}
+        prompts.append((await tool_client.post("/tokenize", json={"model": "fake-llm", "messages": messages})).json()["tokens"])
+    assert prompts[0] == prompts[1]
 
 
 async def test_forcing_a_call_needs_an_engine_that_constrains_output(tool_client):
@@ -196,3 +204,106 @@ async def test_tool_choice_none_leaves_the_answer_as_text(tool_client):
     r = await tool_client.post("/v1/chat/completions", json=_asks_for(CALL, tool_choice="none"))
     assert r.json()["choices"][0]["message"]["content"] == CALL
     assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+# --------------------------------------------------------------------------- the deprecated form
+FUNCTIONS = [t["function"] for t in TOOLS]
+
+
+def _functions_ask(answer: str, **extra) -> dict:
+    """As :func:`_asks_for`, in the deprecated form of ``openai<1`` clients."""
+    return {"model": "fake-llm", "messages": [{"role": "user", "content": answer[::-1]}], "functions": FUNCTIONS, **extra}
+
+
+def _events(text: str) -> list[dict]:
+    return [json.loads(line[6:]) for line in text.split("\n\n") if line.startswith("data: {")]
+
+
+async def test_functions_answer_with_one_function_call(tool_client):
+    """The deprecated form has no parallel calls: a second call in the answer is dropped."""
+    from tests.spec import validate
+
+    r = await tool_client.post("/v1/chat/completions", json=_functions_ask("Checking. " + CALL + CALL.replace("Paris", "Rome")))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    validate(body, "CreateChatCompletionResponse")
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "function_call"
+    assert choice["message"]["content"] == "Checking." and "tool_calls" not in choice["message"]
+    assert choice["message"]["function_call"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+async def test_functions_stream_function_call_fragments(tool_client):
+    from tests.spec import validate
+
+    r = await tool_client.post("/v1/chat/completions", json=_functions_ask(CALL, stream=True, stream_options={"include_usage": True}))
+    events = _events(r.text)
+    for event in events:
+        validate(event, "CreateChatCompletionStreamResponse")
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    fragments = [d["function_call"] for d in deltas if "function_call" in d]
+    assert fragments[0] == {"name": "get_weather", "arguments": ""}  # the name first
+    assert all("name" not in f for f in fragments[1:])
+    assert json.loads("".join(f["arguments"] for f in fragments)) == {"city": "Paris"}
+    assert not any("tool_calls" in d for d in deltas)
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]] == ["function_call"]
+    assert events[-1]["usage"]["completion_tokens"] > 0
+
+
+async def test_functions_plain_answers_and_function_call_none(tool_client):
+    r = await tool_client.post("/v1/chat/completions", json=_functions_ask("The weather is fine."))
+    assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "The weather is fine.", "refusal": None, "annotations": []}
+    r = await tool_client.post("/v1/chat/completions", json=_functions_ask(CALL, function_call="none"))
+    assert r.json()["choices"][0]["message"]["content"] == CALL
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_functions_errors_name_the_deprecated_parameter(tool_client):
+    cases = [
+        (_functions_ask("hi", tools=TOOLS), "functions"),
+        (_functions_ask("hi", function_call={"name": "launch_rockets"}), "function_call"),
+        (_functions_ask("hi", function_call={"name": "get_weather"}), "function_call"),  # this engine cannot constrain
+    ]
+    for body, param in cases:
+        r = await tool_client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+async def test_a_forced_function_call_is_constrained_to_its_schema():
+    """``function_call: {"name": ...}`` takes the named-tool path: decoding follows the schema of
+    one call of that function (on an engine that can constrain; this one records the schema)."""
+    import httpx
+
+    from deployments.api import LLM, ModelRoute, Router, create_app
+    from deployments.config import LLMConfig
+    from deployments.engines.fake import FakeEngine
+    from deployments.llm_server import LLMServer
+    from tests.local import LocalHandle, construct
+    from tests.spec import validate
+
+    class Constraining(FakeEngine):
+        structured_outputs = True
+        schemas: list = []
+
+        async def generate(self, request_id, prompt_token_ids, params, lora=None):
+            self.schemas.append(params.json_schema)
+            async for chunk in super().generate(request_id, prompt_token_ids, params, lora):
+                yield chunk
+
+        def check_structured(self, schema):
+            pass
+
+    engine = Constraining(script='{"name": "get_weather", "arguments": {"city": "Paris"}}', max_model_len=4096)
+    llm = await construct(LLMServer, LLMConfig(id="fake-llm", source="unused", stream_interval_ms=0), engine)
+    app = create_app(Router([ModelRoute("fake-llm", LLM, LocalHandle(llm))]))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        r = await c.post("/v1/chat/completions", json=_functions_ask("hi", function_call={"name": "get_weather"}))
+        streamed = await c.post("/v1/chat/completions", json=_functions_ask("hi", function_call={"name": "get_weather"}, stream=True))
+    assert engine.schemas == [tools.call_schema(TOOLS, "get_weather", parallel=False)] * 2
+    body = r.json()
+    validate(body, "CreateChatCompletionResponse")
+    call = body["choices"][0]["message"]["function_call"]
+    assert call["name"] == "get_weather" and body["choices"][0]["finish_reason"] == "function_call"
+    jsonschema.validate(json.loads(call["arguments"]), FUNCTIONS[0]["parameters"])
+    fragments = [e["choices"][0]["delta"].get("function_call") for e in _events(streamed.text) if e["choices"]]
+    assert "".join(f["arguments"] for f in fragments if f) == call["arguments"]
