@@ -21,7 +21,8 @@ def chooser(monkeypatch):
     """vLLM's ISA chooser, restored after the test; the AMX answer forced where this CPU has none."""
     import torch
 
-    monkeypatch.setattr(cpu_attn, "_get_attn_isa", cpu_attn._get_attn_isa)
+    # vLLM's own chooser: a vLLM engine started earlier in this process has loaded the plugin
+    monkeypatch.setattr(cpu_attn, "_get_attn_isa", getattr(cpu_attn._get_attn_isa, "__wrapped__", cpu_attn._get_attn_isa))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     return torch
 

@@ -16,6 +16,7 @@ throughput; the matrix multiplications keep using AMX. Set it to 1 to use vLLM's
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -47,6 +48,7 @@ def avoid_amx_attention() -> bool:
     if getattr(chooser, "avoids_amx", False):
         return True
 
+    @functools.wraps(chooser)  # vLLM's own chooser stays reachable as __wrapped__
     def without_amx(*args, **kwargs):
         isa = chooser(*args, **kwargs)
         return "vec" if isa == "amx" else isa
