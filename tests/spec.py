@@ -1,27 +1,25 @@
-"""Validate responses against the official OpenAI spec in ``../shared/openai-openapi.yaml``.
+"""Validate responses against the official OpenAI spec's schemas.
 
-The spec is OpenAPI 3.1 with some 3.0-style ``nullable: true`` left in; those are rewritten to
-JSON-Schema ``null`` unions before validating. Tests that need the spec skip, saying why, when
-the file is absent.
+The schemas come from ``tests/openai_spec/schemas.json``, the part of the official spec
+(``openai-openapi.yaml``) the tests use, kept in the repository (``extract.py`` there writes it;
+MIT licence, ``LICENSE.md``). A schema missing from it is an error, never a skipped check. The
+spec is OpenAPI 3.1 with some 3.0-style ``nullable: true`` left in; those are rewritten to
+JSON-Schema ``null`` unions before validating.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.yaml"
+SCHEMAS_PATH = Path(__file__).resolve().parent / "openai_spec" / "schemas.json"
 
 
 @functools.lru_cache(maxsize=1)
 def _schemas() -> dict[str, Any]:
-    import yaml
-
-    spec = yaml.load(SPEC_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return _fix_nullable(spec["components"]["schemas"])
+    return _fix_nullable(json.loads(SCHEMAS_PATH.read_text())["schemas"])
 
 
 def _fix_nullable(node: Any) -> Any:
@@ -35,19 +33,16 @@ def _fix_nullable(node: Any) -> Any:
     return node
 
 
-def require_spec() -> None:
-    if not SPEC_PATH.exists():
-        pytest.skip(f"OpenAI spec not found at {SPEC_PATH}; schema checks need ../shared/openai-openapi.yaml")
-
-
 def validate(instance: Any, schema_name: str) -> None:
     """Raise ``jsonschema.ValidationError`` unless ``instance`` matches ``#/components/schemas/<name>``."""
     import jsonschema
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    require_spec()
-    root = {"components": {"schemas": _schemas()}}
+    schemas = _schemas()
+    if schema_name not in schemas:
+        raise KeyError(f"{schema_name} is not in {SCHEMAS_PATH}: add it to ROOTS in tests/openai_spec/extract.py and run it")
+    root = {"components": {"schemas": schemas}}
     registry = Registry().with_resource("urn:openai", Resource(contents=root, specification=DRAFT202012))
     schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
     jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
