@@ -16,6 +16,7 @@ requests, while a request here may carry 1 or 2048 inputs.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from typing import Any
@@ -43,7 +44,12 @@ class EmbeddingServer:
         path = await loading.exclusive(model_store.resolve, config.source)  # off the loop, as the LLM server does
         logger.info("Embedding model %s: loading %s", config.id, model_store.describe(path))
         self.model = await loading.exclusive(self._load, path)
-        self.tokenizer = self.model.tokenizer
+        # The event loop counts and decodes tokens while the batcher's thread encodes: with a
+        # copy of its own, since a fast tokenizer's padding and truncation are state on the
+        # shared Rust object, and counting (no padding) switched padding off under a running
+        # encode ("Unable to create tensor ... activate truncation and/or padding": a 500 for
+        # ~4% of single-sentence requests at 64 in flight).
+        self.tokenizer = copy.deepcopy(self.model.tokenizer)
         self.max_tokens = int(self.model.max_seq_length)
         self.native_dimensions = int(self.model.get_embedding_dimension())
         if config.dimensions is not None and config.dimensions > self.native_dimensions:
