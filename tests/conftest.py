@@ -84,8 +84,6 @@ class ServeApp:
                 self.proc.wait(timeout=30)
         leftovers = engine_processes() + haproxy_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-        # a replica killed by force (not gracefully) leaves its engine behind: clean up anyway
-        subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True, timeout=30)
         assert not (graceful and leftovers), f"engine or HAProxy processes outlived the app: {leftovers}"
 
 
