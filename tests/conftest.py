@@ -35,6 +35,7 @@ class ServeApp:
         from deployments import serving_env
 
         self.base_url = f"http://127.0.0.1:{port}"
+        self.config_path = config_path
         self.log_path = log_path
         # the serving environment `make serve` gives `serve run` (configs/serving.env)
         env = {**os.environ, **serving_env.load(), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -213,4 +214,7 @@ def pytest_collection_modifyitems(config, items):
     """
     on_graph = [item for item in items if "graph" in getattr(item, "fixturenames", ())]
     others = [item for item in items if "graph" not in getattr(item, "fixturenames", ())]
-    items[:] = others + on_graph
+    # tests that kill the main app's front replica run after every other test on it
+    disruptive = [item for item in on_graph if item.get_closest_marker("kills_front")]
+    on_graph = [item for item in on_graph if item not in disruptive]
+    items[:] = others + on_graph + disruptive

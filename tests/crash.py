@@ -226,9 +226,12 @@ async def kill_and_recover(
     return recovery
 
 
-def check_recovery(recovery: Recovery, outage_statuses: set[tuple[int, str]]) -> None:
+def check_recovery(
+    recovery: Recovery, outage_statuses: set[tuple[int, str]], in_flight_statuses: frozenset = frozenset()
+) -> None:
     """The issue's assertions on one kill. ``outage_statuses``: the (status, result) pairs a
-    request caught by the outage may end with; 503s must carry ``Retry-After``."""
+    request caught by the outage may end with; 503s must carry ``Retry-After``.
+    ``in_flight_statuses``: more pairs allowed only for requests already running at the kill."""
     summary = recovery.summary()
     assert recovery.recovered_s is not None and recovery.recovered_s <= RECOVERY_BOUND_S, f"no answer within 60 s: {summary}"
     bad_after = [o for o in recovery.after_recovery() if not o.ok]
@@ -241,7 +244,8 @@ def check_recovery(recovery: Recovery, outage_statuses: set[tuple[int, str]]) ->
     for o in recovery.during_outage():
         if o.ok:
             continue
-        assert (o.status, o.result) in outage_statuses, f"{o} is not one of {outage_statuses}; {summary}"
+        allowed = outage_statuses | (in_flight_statuses if o.started < recovery.kill_time else frozenset())
+        assert (o.status, o.result) in allowed, f"{o} is not one of {allowed}; {summary}"
         if o.status in (429, 503):
             assert o.retry_after, f"{o} has no Retry-After; {summary}"
 
