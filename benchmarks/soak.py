@@ -97,6 +97,8 @@ async def _request(aclient, kind: str, model: str) -> str:
         return "stream-cut" if kind == "stream" else "connection-error"
     except openai.APIError as exc:  # an error event in a stream (`data: {"error": ...}`)
         return "stream-error-event" if kind == "stream" else f"api-error-{type(exc).__name__}"
+    except Exception as exc:  # noqa: BLE001 - an answer the client could not use (bad tool-call JSON, ...)
+        return f"unusable-{type(exc).__name__}"
 
 
 ALLOWED = {"ok", "429-retry-after", "503-retry-after", "stream-error-event"}
