@@ -197,11 +197,16 @@ async def kill_and_recover(
                 proc.send_signal(signal.SIGKILL)
             _, survivors = psutil.wait_procs(victims, timeout=10)
             assert not survivors, f"SIGKILL did not end {survivors}"
+
+            async def watch_descendants() -> None:  # when the last of them is gone, to 50 ms
+                while alive(descendants):
+                    await asyncio.sleep(0.05)
+                recovery.descendants_gone_s = time.monotonic() - recovery.kill_time
+
+            watcher = asyncio.create_task(watch_descendants())
             probe_kind = "embed" if kinds == ("embed",) else "chat"
             first_ok = None
             while time.monotonic() - recovery.kill_time < RECOVERY_BOUND_S + STABLE_FOR_S + REQUEST_TIMEOUT_S:
-                if recovery.descendants_gone_s is None and not alive(descendants):
-                    recovery.descendants_gone_s = time.monotonic() - recovery.kill_time
                 probe = await one_request(client, probe_kind, model, max_tokens=4)
                 recovery.probes.append(probe)
                 # an answer counts as the recovery once the outage has been seen (the front may
@@ -217,11 +222,10 @@ async def kill_and_recover(
                 if first_ok is None and time.monotonic() - recovery.kill_time > RECOVERY_BOUND_S:
                     break
                 await asyncio.sleep(0.25)
+            watcher.cancel()
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*loops), timeout=REQUEST_TIMEOUT_S + 10)
-    if recovery.descendants_gone_s is None and not alive(descendants):
-        recovery.descendants_gone_s = time.monotonic() - recovery.kill_time
     recovery.mem_after_mib = mem_available_mib()
     return recovery
 
