@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install models serve test test-fast bench bench-infinity clean clients chromium
+.PHONY: install models serve test test-fast bench bench-infinity clean clients chromium soak
 
 install: $(STAMP)
 
@@ -73,6 +73,12 @@ chromium:
 # Unit and HTTP tests only (no Ray cluster, no whole-graph start-up).
 test-fast: install
 	$(PY) -m pytest -ra -m "not graph"
+
+# The chaos soak (not in `make test`): mixed load at ~2x capacity for 10 min while a model replica
+# is killed every minute; result in benchmarks/results/soak.json (docs/operations.md).
+SOAK_ARGS ?=
+soak: models
+	$(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 # The benchmark suite (about 45-60 min on 2 cores); parts: make bench BENCH_ARGS='--only embeddings',
 # a smoke run: BENCH_ARGS=--quick. See BENCHMARKS.md.

@@ -41,6 +41,12 @@ class DeploymentOptions(_Config):
     )
     health_check_period_s: float | None = Field(None, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float | None = Field(None, gt=0, description="A health check slower than this fails.")
+    graceful_shutdown_timeout_s: float | None = Field(
+        None, ge=0, description="A replica being stopped (redeploy, scale-down) finishes its requests for this long."
+    )
+    graceful_shutdown_wait_loop_s: float | None = Field(
+        None, gt=0, description="How often a replica being stopped checks whether its requests have finished."
+    )
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -35,6 +35,7 @@ class ServeApp:
         from deployments import serving_env
 
         self.base_url = f"http://127.0.0.1:{port}"
+        self.config_path = config_path
         self.log_path = log_path
         # the serving environment `make serve` gives `serve run` (configs/serving.env)
         env = {**os.environ, **serving_env.load(), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -84,8 +85,6 @@ class ServeApp:
                 self.proc.wait(timeout=30)
         leftovers = engine_processes() + haproxy_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-        # a replica killed by force (not gracefully) leaves its engine behind: clean up anyway
-        subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True, timeout=30)
         assert not (graceful and leftovers), f"engine or HAProxy processes outlived the app: {leftovers}"
 
 
@@ -215,4 +214,7 @@ def pytest_collection_modifyitems(config, items):
     """
     on_graph = [item for item in items if "graph" in getattr(item, "fixturenames", ())]
     others = [item for item in items if "graph" not in getattr(item, "fixturenames", ())]
-    items[:] = others + on_graph
+    # tests that kill the main app's front replica run after every other test on it
+    disruptive = [item for item in on_graph if item.get_closest_marker("kills_front")]
+    on_graph = [item for item in on_graph if item not in disruptive]
+    items[:] = others + on_graph + disruptive
