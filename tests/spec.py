@@ -3,6 +3,9 @@
 The spec is OpenAPI 3.1 with some 3.0-style ``nullable: true`` left in; those are rewritten to
 JSON-Schema ``null`` unions before validating. Tests that need the spec skip, saying why, when
 the file is absent.
+
+The audio schemas (``tests/openai_audio_schemas.json``: the same spec's, MIT licence, copied
+with their references) are read from that file instead, so the audio tests need no ../shared.
 """
 
 from __future__ import annotations
@@ -14,6 +17,14 @@ from typing import Any
 import pytest
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "openai-openapi.yaml"
+BUNDLED_PATH = Path(__file__).resolve().parent / "openai_audio_schemas.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled() -> dict[str, Any]:
+    import json
+
+    return _fix_nullable(json.loads(BUNDLED_PATH.read_text())["schemas"])
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,8 +57,12 @@ def validate(instance: Any, schema_name: str) -> None:
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
 
-    require_spec()
-    root = {"components": {"schemas": _schemas()}}
+    if schema_name in _bundled():
+        schemas = _bundled()
+    else:
+        require_spec()
+        schemas = _schemas()
+    root = {"components": {"schemas": schemas}}
     registry = Registry().with_resource("urn:openai", Resource(contents=root, specification=DRAFT202012))
     schema = {"$ref": f"urn:openai#/components/schemas/{schema_name}"}
     jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
