@@ -124,8 +124,23 @@ def embedding_targets(results: dict) -> list[Target]:
     ]
 
 
+def audio_targets(results: dict) -> list[Target]:
+    audio = results.get("audio") or {}
+    graph, inproc = audio.get("graph") or {}, audio.get("inprocess") or {}
+
+    def rtf(d: dict, level: int) -> float | None:
+        return (d.get(f"c{level}") or {}).get("real_time_factor")
+
+    return [
+        Target(f"speech to text at {level} file(s) in flight: graph / faster-whisper in-process, real-time factor",
+               ratio(rtf(graph, level), rtf(inproc, level)), 0.9,
+               why_missing=_why(results, "audio", "inprocess") if not rtf(inproc, level) else _why(results, "audio", "graph"))
+        for level in (1, 4)
+    ]
+
+
 def targets(results: dict) -> list[Target]:
-    return chat_targets(results) + embedding_targets(results)
+    return chat_targets(results) + embedding_targets(results) + audio_targets(results)
 
 
 def _run_line(part: dict) -> str:
@@ -289,6 +304,29 @@ def render_embeddings(results: dict) -> list[str]:
     return lines
 
 
+def render_audio(results: dict) -> list[str]:
+    audio = results.get("audio")
+    if not audio:
+        return ["### Speech to text", "", "Not run yet: `make bench BENCH_ARGS='--only audio'`."]
+    s = audio.get("settings", {})
+    lines = ["### Speech to text", "", _run_line(audio), "",
+             (f"Model {s.get('model')} (`{s.get('source')}`), {s.get('compute_type')}, {s.get('cpu_threads')} CPU threads per "
+              f"transcription, {s.get('num_workers')} workers, beam {s.get('beam_size')}; every request the same file "
+              f"(`tests/fixtures/audio/{s.get('audio_file')}`, 31.5 s of speech); real-time factor = audio seconds / wall seconds."), ""]
+    rows = []
+    for label, key in (("graph (`serve_config.yaml`, openai client)", "graph"), ("faster-whisper in-process", "inprocess")):
+        part = audio.get(key) or {}
+        if "error" in part:
+            lines += [f"**{label}: not measured.** {part['error']}", ""]
+        for level in s.get("levels", (1, 4)):
+            r = part.get(f"c{level}")
+            if r:
+                rows.append([label, r["in_flight"], r["files"], r["real_time_factor"], r["latency_p50_s"], r["latency_max_s"], r["errors"]])
+    if rows:
+        lines += table(["path", "files in flight", "files", "real-time factor", "latency p50 (s)", "latency max (s)", "errors"], rows)
+    return lines
+
+
 def render_coldstart(results: dict) -> list[str]:
     cold = results.get("coldstart")
     if not cold:
@@ -312,7 +350,7 @@ def render(results: dict, plot: str | None = None, plot_note: str | None = None,
     lines += table(["target", "measured", "asked", "verdict"],
                    [[t.name, t.shown_value(), t.shown_target(), t.verdict()] for t in targets(results)])
     lines += ["", *render_default_config(results, before), "", *render_chat(results, plot, plot_note), "",
-              *render_embeddings(results), "", *render_coldstart(results), END]
+              *render_embeddings(results), "", *render_audio(results), "", *render_coldstart(results), END]
     return "\n".join(lines)
 
 
