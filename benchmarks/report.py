@@ -273,19 +273,29 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     return lines
 
 
+def _section(results: dict, part: str, title: str) -> tuple[dict | None, list[str]]:
+    """A part's results and its section's first lines: the title and the run line, or that it
+    was not run."""
+    found = results.get(part)
+    if not found:
+        return None, [f"### {title}", "", f"Not run yet: `make bench BENCH_ARGS='--only {part}'`."]
+    return found, [f"### {title}", "", _run_line(found), ""]
+
+
+def _failures(paths: list[tuple[str, dict]]) -> list[str]:
+    return [line for name, part in paths if "error" in part for line in (f"**{name}: not measured.** {part['error']}", "")]
+
+
 def render_embeddings(results: dict) -> list[str]:
-    emb = results.get("embeddings")
-    if not emb:
-        return ["### Embeddings", "", "Not run yet: `make bench BENCH_ARGS='--only embeddings'`."]
+    emb, lines = _section(results, "embeddings", "Embeddings")
+    if emb is None:
+        return lines
     s = emb.get("settings", {})
-    lines = ["### Embeddings", "", _run_line(emb), "",
-             (f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
+    lines += [(f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
               f"(the graph runs one replica), torch threads {s.get('torch_threads')}, batch size {s.get('batch_size')}; "
               "sentences fixed and seeded, 6, 16 and 48 words in turn; the official `openai` client."), ""]
     graph, raw, inf = emb.get("graph") or {}, emb.get("raw") or {}, emb.get("infinity") or {}
-    for name, part in (("graph", graph), ("raw encode", raw), ("Infinity", inf)):
-        if "error" in part:
-            lines += [f"**{name}: not measured.** {part['error']}", ""]
+    lines += _failures([("graph", graph), ("raw encode", raw), ("Infinity", inf)])
     rows = []
     for label, part in (("graph (`serve_config.yaml`)", graph), (f"Infinity ({inf.get('versions', '?')})", inf)):
         for key in ("single", "batch16"):
@@ -305,19 +315,18 @@ def render_embeddings(results: dict) -> list[str]:
 
 
 def render_audio(results: dict) -> list[str]:
-    audio = results.get("audio")
-    if not audio:
-        return ["### Speech to text", "", "Not run yet: `make bench BENCH_ARGS='--only audio'`."]
+    audio, lines = _section(results, "audio", "Speech to text")
+    if audio is None:
+        return lines
     s = audio.get("settings", {})
-    lines = ["### Speech to text", "", _run_line(audio), "",
-             (f"Model {s.get('model')} (`{s.get('source')}`), {s.get('compute_type')}, {s.get('cpu_threads')} CPU threads per "
+    lines += [(f"Model {s.get('model')} (`{s.get('source')}`), {s.get('compute_type')}, {s.get('cpu_threads')} CPU threads per "
               f"transcription, {s.get('num_workers')} workers, beam {s.get('beam_size')}; every request the same file "
               f"(`tests/fixtures/audio/{s.get('audio_file')}`, 31.5 s of speech); real-time factor = audio seconds / wall seconds."), ""]
+    paths = [("graph (`serve_config.yaml`, openai client)", audio.get("graph") or {}),
+             ("faster-whisper in-process", audio.get("inprocess") or {})]
+    lines += _failures(paths)
     rows = []
-    for label, key in (("graph (`serve_config.yaml`, openai client)", "graph"), ("faster-whisper in-process", "inprocess")):
-        part = audio.get(key) or {}
-        if "error" in part:
-            lines += [f"**{label}: not measured.** {part['error']}", ""]
+    for label, part in paths:
         for level in s.get("levels", (1, 4)):
             r = part.get(f"c{level}")
             if r:
