@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 from deployments import protocol
 from deployments.api import AUDIO, ERRORS, Router
@@ -70,7 +71,7 @@ async def read_form(request: Request) -> tuple[dict[str, Any], bytes]:
         raise invalid("Send the audio as multipart/form-data, with the file in 'file'.", "file", "invalid_content_type")
     try:
         form = await request.form(max_files=1, max_fields=MAX_FIELDS)
-    except (StarletteHTTPException, ValueError, KeyError) as exc:
+    except (StarletteHTTPException, MultiPartException, ValueError, KeyError) as exc:
         raise invalid(f"The multipart body could not be read: {getattr(exc, 'detail', exc)}", "file") from None
     fields: dict[str, Any] = {}
     audio: bytes | None = None

@@ -241,6 +241,10 @@ async def test_form_mistakes(api):
     error_of(await api.post(URL, data={"model": MODEL}), "file")
     error_of(await api.post(URL, json={"model": MODEL, "file": "x"}), "file")
     error_of(await api.post(URL, data={"model": MODEL, "file": "not a file"}), "file")
+    for content_type in ("multipart/form-data; boundary=xyz", "multipart/form-data"):
+        error_of(await api.post(URL, content=b"--xyz\r\ngarbage", headers={"content-type": content_type}), "file")
+    files = [("file", ("a.wav", FOX)), ("file", ("b.wav", FOX))]
+    error_of(await api.post(URL, data={"model": MODEL}, files=files), "file")
     r = await api.post(URL, files={"file": ("a.wav", FOX)})
     assert error_of(r, "model")["code"] == "missing_required_parameter"
     r = await api.post(URL, data={"model": MODEL, "language": ["en", "en"]}, files={"file": ("a.wav", FOX)})
