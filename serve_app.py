@@ -3,15 +3,16 @@
 ``args`` are validated against :class:`deployments.config.AppConfig` before any replica is
 scheduled (an invalid config fails ``serve run`` with the field's path). A
 co-located model is built inside the front's replicas (the fast path); every other model
-becomes a deployment of its own, named ``llm-<id>`` or ``embed-<id>``, bound into the front.
+becomes a deployment of its own, named ``llm-<id>``, ``embed-<id>`` or ``audio-<id>``, bound into
+the front.
 """
 
 from __future__ import annotations
 
 from ray.serve import Application
 
-from deployments.config import AppConfig, embedding_deployment_name, llm_deployment_name
-from deployments.deployment import EmbeddingDeployment, LLMDeployment
+from deployments.config import AppConfig, audio_deployment_name, embedding_deployment_name, llm_deployment_name
+from deployments.deployment import AudioDeployment, EmbeddingDeployment, LLMDeployment
 from deployments.ingress import Ingress
 
 
@@ -28,7 +29,12 @@ def build_app(args: AppConfig) -> Application:
         for m in config.embeddings
         if not m.colocated
     }
-    return Ingress.bind(config, llms, embeddings)
+    audio = {
+        m.id: AudioDeployment.options(name=audio_deployment_name(m.id), **m.deployment.as_options()).bind(m)
+        for m in config.audio
+        if not m.colocated
+    }
+    return Ingress.bind(config, llms, embeddings, audio)
 
 
 def check_resources(config: AppConfig) -> None:
@@ -44,7 +50,7 @@ def check_resources(config: AppConfig) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     if not nodes:
         return
-    for kind, models in (("llms", config.llms), ("embeddings", config.embeddings)):
+    for kind, models in config.model_kinds():
         for i, model in enumerate(models):
             if model.colocated:
                 continue  # it runs in the front's replicas, which Ray sizes and checks

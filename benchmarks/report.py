@@ -124,8 +124,23 @@ def embedding_targets(results: dict) -> list[Target]:
     ]
 
 
+def audio_targets(results: dict) -> list[Target]:
+    audio = results.get("audio") or {}
+    graph, inproc = audio.get("graph") or {}, audio.get("inprocess") or {}
+
+    def rtf(d: dict, level: int) -> float | None:
+        return (d.get(f"c{level}") or {}).get("real_time_factor")
+
+    return [
+        Target(f"speech to text at {level} file(s) in flight: graph / faster-whisper in-process, real-time factor",
+               ratio(rtf(graph, level), rtf(inproc, level)), 0.9,
+               why_missing=_why(results, "audio", "inprocess") if not rtf(inproc, level) else _why(results, "audio", "graph"))
+        for level in (1, 4)
+    ]
+
+
 def targets(results: dict) -> list[Target]:
-    return chat_targets(results) + embedding_targets(results)
+    return chat_targets(results) + embedding_targets(results) + audio_targets(results)
 
 
 def _run_line(part: dict) -> str:
@@ -258,19 +273,29 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     return lines
 
 
+def _section(results: dict, part: str, title: str) -> tuple[dict | None, list[str]]:
+    """A part's results and its section's first lines: the title and the run line, or that it
+    was not run."""
+    found = results.get(part)
+    if not found:
+        return None, [f"### {title}", "", f"Not run yet: `make bench BENCH_ARGS='--only {part}'`."]
+    return found, [f"### {title}", "", _run_line(found), ""]
+
+
+def _failures(paths: list[tuple[str, dict]]) -> list[str]:
+    return [line for name, part in paths if "error" in part for line in (f"**{name}: not measured.** {part['error']}", "")]
+
+
 def render_embeddings(results: dict) -> list[str]:
-    emb = results.get("embeddings")
-    if not emb:
-        return ["### Embeddings", "", "Not run yet: `make bench BENCH_ARGS='--only embeddings'`."]
+    emb, lines = _section(results, "embeddings", "Embeddings")
+    if emb is None:
+        return lines
     s = emb.get("settings", {})
-    lines = ["### Embeddings", "", _run_line(emb), "",
-             (f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
+    lines += [(f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
               f"(the graph runs one replica), torch threads {s.get('torch_threads')}, batch size {s.get('batch_size')}; "
               "sentences fixed and seeded, 6, 16 and 48 words in turn; the official `openai` client."), ""]
     graph, raw, inf = emb.get("graph") or {}, emb.get("raw") or {}, emb.get("infinity") or {}
-    for name, part in (("graph", graph), ("raw encode", raw), ("Infinity", inf)):
-        if "error" in part:
-            lines += [f"**{name}: not measured.** {part['error']}", ""]
+    lines += _failures([("graph", graph), ("raw encode", raw), ("Infinity", inf)])
     rows = []
     for label, part in (("graph (`serve_config.yaml`)", graph), (f"Infinity ({inf.get('versions', '?')})", inf)):
         for key in ("single", "batch16"):
@@ -286,6 +311,28 @@ def render_embeddings(results: dict) -> list[str]:
     lines += ["", "CPU per request on each hop:", ""]
     lines += hop_table([("graph, 1 sentence", graph.get("single")), ("graph, 16 sentences", graph.get("batch16")),
                         ("Infinity, 1 sentence", inf.get("single")), ("Infinity, 16 sentences", inf.get("batch16"))])
+    return lines
+
+
+def render_audio(results: dict) -> list[str]:
+    audio, lines = _section(results, "audio", "Speech to text")
+    if audio is None:
+        return lines
+    s = audio.get("settings", {})
+    lines += [(f"Model {s.get('model')} (`{s.get('source')}`), {s.get('compute_type')}, {s.get('cpu_threads')} CPU threads per "
+              f"transcription, {s.get('num_workers')} workers, beam {s.get('beam_size')}; every request the same file "
+              f"(`tests/fixtures/audio/{s.get('audio_file')}`, 31.5 s of speech); real-time factor = audio seconds / wall seconds."), ""]
+    paths = [("graph (`serve_config.yaml`, openai client)", audio.get("graph") or {}),
+             ("faster-whisper in-process", audio.get("inprocess") or {})]
+    lines += _failures(paths)
+    rows = []
+    for label, part in paths:
+        for level in s.get("levels", (1, 4)):
+            r = part.get(f"c{level}")
+            if r:
+                rows.append([label, r["in_flight"], r["files"], r["real_time_factor"], r["latency_p50_s"], r["latency_max_s"], r["errors"]])
+    if rows:
+        lines += table(["path", "files in flight", "files", "real-time factor", "latency p50 (s)", "latency max (s)", "errors"], rows)
     return lines
 
 
@@ -312,7 +359,7 @@ def render(results: dict, plot: str | None = None, plot_note: str | None = None,
     lines += table(["target", "measured", "asked", "verdict"],
                    [[t.name, t.shown_value(), t.shown_target(), t.verdict()] for t in targets(results)])
     lines += ["", *render_default_config(results, before), "", *render_chat(results, plot, plot_note), "",
-              *render_embeddings(results), "", *render_coldstart(results), END]
+              *render_embeddings(results), "", *render_audio(results), "", *render_coldstart(results), END]
     return "\n".join(lines)
 
 

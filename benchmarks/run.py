@@ -8,7 +8,9 @@ Parts, each alone on the machine, in this order (``--only`` picks parts or sub-p
   batches);
 * ``coldstart`` (``benchmarks.coldstart``): ``serve run serve_config.yaml`` to first answers;
 * ``embeddings`` (``benchmarks.embeddings``): ``embeddings-graph`` (on the app the cold start
-  started, so it records a cold start too), ``embeddings-raw`` and ``embeddings-infinity``.
+  started, so it records a cold start too), ``embeddings-raw`` and ``embeddings-infinity``;
+* ``audio`` (``benchmarks.audio``): the real-time factor of speech to text at 1 and 4 files in
+  flight, ``audio-inprocess`` (faster-whisper in one process) and ``audio-graph``.
 
 Results are merged into ``benchmarks/results/bench.json`` and rendered into ``BENCHMARKS.md``
 (with ``benchmarks/results/chat.png``). ``--quick`` is a smoke run (few requests, c=1 and 8,
@@ -35,6 +37,7 @@ PARTS = {
     "chat": ("chat-default", "chat-graph", "chat-server", "chat-inprocess", "chat-offline"),
     "coldstart": ("coldstart",),
     "embeddings": ("embeddings-graph", "embeddings-raw", "embeddings-infinity"),
+    "audio": ("audio-inprocess", "audio-graph"),
 }
 SUBPARTS = [s for subs in PARTS.values() for s in subs]
 
@@ -172,6 +175,23 @@ def run_embeddings(todo: list[str], store: Store, args, logs: Path) -> None:
         store.record(emb, "infinity", attempt("embeddings-infinity", embeddings.bench_infinity, path, cfg["id"], cfg["max_batch_size"], n_single, n_batch16, logs))
 
 
+def run_audio(todo: list[str], store: Store, args, logs: Path) -> None:
+    from benchmarks import audio
+
+    cfg = audio.audio_config()
+    settings = {"levels": list(audio.LEVELS), "model": cfg["id"], "source": cfg["source"], "audio_file": audio.AUDIO_FILE.name,
+                **{k: cfg[k] for k in ("compute_type", "cpu_threads", "num_workers", "beam_size")}}
+    part = store.part("audio", settings, whole=all(t in todo for t in PARTS["audio"]))
+    steps = {
+        "audio-inprocess": ("inprocess", lambda: audio.bench_inprocess(audio.LEVELS, args.quick, logs)),
+        "audio-graph": ("graph", lambda: audio.bench_graph(audio.LEVELS, args.quick, logs)),
+    }
+    for name, (key, fn) in steps.items():
+        if name in todo:
+            print(f"== {name}", flush=True)
+            store.record(part, key, attempt(name, fn))
+
+
 def _emb_part(store: Store, todo: list[str], cfg: dict, path: str) -> dict:
     from benchmarks.embeddings import IN_FLIGHT
 
@@ -212,6 +232,8 @@ def main() -> None:
             run_chat(todo, store, args, logs)
         if any(t == "coldstart" or t.startswith("embeddings-") for t in todo):
             run_embeddings(todo, store, args, logs)
+        if any(t.startswith("audio-") for t in todo):
+            run_audio(todo, store, args, logs)
         print(f"suite done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     write_report(store.results, doc, out_dir / "chat.png")
 

@@ -39,7 +39,13 @@ from deployments.responses import ResponseStore
 
 logger = logging.getLogger("ray.serve")
 
-LLM, EMBEDDING = "llm", "embedding"
+LLM, EMBEDDING, AUDIO = "llm", "embedding", "audio"
+# what each kind of model is, and the routes that use it (for a 400 when a route gets another kind)
+KINDS = {
+    LLM: ("a chat/completions model", "/v1/chat/completions or /v1/completions"),
+    EMBEDDING: ("an embedding model", "/v1/embeddings"),
+    AUDIO: ("a speech-to-text model", "/v1/audio/transcriptions or /v1/audio/translations"),
+}
 
 
 class ModelRoute:
@@ -55,7 +61,7 @@ class ModelRoute:
         self, id: str, kind: str, handle: Any, aliases: list[str] | None = None, replicas: Callable[[], int] | None = None
     ) -> None:
         self.id = id
-        self.kind = kind  # LLM | EMBEDDING
+        self.kind = kind  # LLM | EMBEDDING | AUDIO
         self.handle = handle
         self.aliases = list(aliases or [])
         self.stream_handle = handle.options(stream=True)
@@ -95,8 +101,7 @@ class Router:
                 ErrorKind.PERMISSION, f"This API key may not use the model '{model}'.", param="model", code="model_not_allowed"
             )
         if kind is not None and route.kind != kind:
-            what = "an embedding model" if route.kind == EMBEDDING else "a chat/completions model"
-            use = "/v1/embeddings" if route.kind == EMBEDDING else "/v1/chat/completions or /v1/completions"
+            what, use = KINDS[route.kind]
             raise invalid(f"The model '{model}' is {what}; use it with {use}.", "model", "model_not_supported")
         if not route.ready:
             raise unavailable(f"The model '{model}' is loading or has no healthy replica; retry shortly.", self.retry_after_s)
@@ -282,7 +287,7 @@ def create_app(
     retry = router.retry_after_s = server.retry_after_s
     app = FastAPI(
         title="OpenAI-compatible model server",
-        description="OpenAI API (models, chat completions, completions, embeddings) on Ray Serve.",
+        description="OpenAI API (models, chat completions, completions, embeddings, audio transcriptions) on Ray Serve.",
         version="0.1.0",
     )
     app.state.router = router
@@ -292,6 +297,8 @@ def create_app(
             result = await method.remote(*args)
         except Exception as exc:  # noqa: BLE001
             return _error_response(as_api_error(exc, retry))
+        if isinstance(result, str):  # text answers (the audio routes' text, srt and vtt formats)
+            return Response(result, media_type="text/plain; charset=utf-8")
         return JSONResponse(result)
 
     async def stream_or_error(method, *args) -> Response:
@@ -422,6 +429,9 @@ def create_app(
         route = router.get(body.model, EMBEDDING, request.state.key)
         return await call(route.handle.embed, body)
 
+    from deployments.audio_routes import add_audio_routes  # it uses this module's names
+
+    add_audio_routes(app, router, call, stream_or_error)
     add_moderations_route(app)  # not served: a clear 404 body
     _add_responses_routes(app, router, ResponseStore(server.responses_store_size), check_max_tokens, retry)
     _add_tokenizer_routes(app, router)

@@ -3,7 +3,7 @@
 Every field has a description; unknown keys are errors, so a typo fails at ``serve run`` time
 with the path of the field instead of being ignored. Replicas, autoscaling, ``num_cpus`` and
 ``max_ongoing_requests`` live in the YAML's ``deployments:`` section (Ray Serve's own schema);
-deployments are named ``llm-<id>``, ``embed-<id>`` and ``Ingress``.
+deployments are named ``llm-<id>``, ``embed-<id>``, ``audio-<id>`` and ``Ingress``.
 """
 
 from __future__ import annotations
@@ -203,6 +203,40 @@ class EmbeddingConfig(_ModelConfig):
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads in the replica.")
 
 
+class AudioConfig(_ModelConfig):
+    """A speech-to-text model (``/v1/audio/transcriptions``, ``/v1/audio/translations``) served by
+    one audio deployment on faster-whisper (CTranslate2): any faster-whisper model folder."""
+
+    engine: Literal["faster-whisper"] = Field("faster-whisper", description="Speech-to-text engine.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where CTranslate2 runs the model.")
+    compute_type: str = Field(
+        "int8", description="CTranslate2 compute type (int8, int8_float32, float32, float16 on GPUs, ...)."
+    )
+    cpu_threads: int = Field(2, ge=1, description="CPU threads of one transcription.")
+    num_workers: int = Field(
+        2,
+        ge=1,
+        description="Transcriptions computing at once in one replica (the pool); requests take turns "
+        "window by window (30 s of audio), so a long file does not hold a worker until it ends.",
+    )
+    beam_size: int = Field(5, ge=1, le=16, description="Beam size of the decoding (1: greedy).")
+    max_file_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest audio file accepted (the server's max_body_bytes applies too)."
+    )
+    max_duration_s: float = Field(1800.0, gt=0, description="Longest audio accepted, in seconds.")
+
+    @model_validator(mode="after")
+    def _engine_options_fit(self):
+        if self.compute_type not in _COMPUTE_TYPES:
+            raise ValueError(f"compute_type {self.compute_type!r}: one of {', '.join(_COMPUTE_TYPES)}")
+        return self
+
+
+_COMPUTE_TYPES = (
+    "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"
+)
+
+
 class ServerConfig(_Config):
     """HTTP-level settings of the ingress: CORS, open paths, request limits, retry hints."""
 
@@ -229,18 +263,23 @@ class AppConfig(_Config):
     server: ServerConfig = Field(default_factory=ServerConfig, description="Ingress settings.")
     llms: list[LLMConfig] = Field(default_factory=list, description="Chat / completions models.")
     embeddings: list[EmbeddingConfig] = Field(default_factory=list, description="Embedding models.")
+    audio: list[AudioConfig] = Field(default_factory=list, description="Speech-to-text models.")
+
+    def model_kinds(self) -> tuple[tuple[str, list[_ModelConfig]], ...]:
+        """Each config section with its models: ``("llms", [...]), ("embeddings", ...), ("audio", ...)``."""
+        return (("llms", self.llms), ("embeddings", self.embeddings), ("audio", self.audio))
 
     @model_validator(mode="after")
     def _unique_names(self):
         seen: dict[str, str] = {}
-        for kind, models in (("llms", self.llms), ("embeddings", self.embeddings)):
+        for kind, models in self.model_kinds():
             for i, model in enumerate(models):
                 for name in model.names:
                     if name in seen:
                         raise ValueError(f"{kind}[{i}]: model id {name!r} is already used by {seen[name]}")
                     seen[name] = f"{kind}[{i}]"
         if not seen:
-            raise ValueError("configure at least one model under `llms` or `embeddings`")
+            raise ValueError("configure at least one model under `llms`, `embeddings` or `audio`")
         return self
 
 
@@ -250,3 +289,7 @@ def llm_deployment_name(model_id: str) -> str:
 
 def embedding_deployment_name(model_id: str) -> str:
     return "embed-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_id)
+
+
+def audio_deployment_name(model_id: str) -> str:
+    return "audio-" + re.sub(r"[^A-Za-z0-9_-]", "-", model_id)

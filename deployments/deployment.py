@@ -1,7 +1,7 @@
 """Ray Serve deployments of the models that run apart from the front (``colocated: false``).
 
 The classes they wrap hold all the logic and import no Ray: ``LLMServer`` and
-``EmbeddingServer``. The front is ``deployments/ingress.py``. Options here are defaults; the
+``EmbeddingServer``, ``AudioServer``. The front is ``deployments/ingress.py``. Options here are defaults; the
 model's inline ``deployment:`` options and ``serve_config.yaml``'s ``deployments:`` section
 override them.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ray import serve
 
+from deployments.audio_server import AudioServer
 from deployments.embedding_server import EmbeddingServer
 from deployments.llm_server import LLMServer
 
@@ -39,5 +40,12 @@ EmbeddingDeployment = serve.deployment(
     EmbeddingServer,
     name="EmbeddingServer",
     max_ongoing_requests=128,
+    ray_actor_options={"num_cpus": 0.5},
+)
+
+AudioDeployment = serve.deployment(
+    AudioServer,
+    name="AudioServer",
+    max_ongoing_requests=16,
     ray_actor_options={"num_cpus": 0.5},
 )

@@ -6,7 +6,7 @@ Each model is reached through a handle with one interface (``handle.method.remot
   called in-process (``deployments/inprocess.py``). With the serving environment of
   ``configs/serving.env`` (HAProxy direct ingress, user code on the replica's loop), a token goes
   from the engine to the client's socket with no Python process in between that only relays.
-* **separate**: its own deployment (``llm-<id>`` / ``embed-<id>``) with its own replicas,
+* **separate**: its own deployment (``llm-<id>`` / ``embed-<id>`` / ``audio-<id>``) with its own replicas,
   resources and nodes, reached through a Ray Serve deployment handle.
 
 This module imports no engine code: a co-located model's server module is imported when the
@@ -22,9 +22,9 @@ from typing import Any
 from ray import serve
 
 from deployments import serving_env
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import AUDIO, EMBEDDING, LLM, ModelRoute, Router, create_app
 from deployments.auth import KeyStore
-from deployments.config import AppConfig, EmbeddingConfig, LLMConfig
+from deployments.config import AppConfig, AudioConfig, EmbeddingConfig, LLMConfig
 from deployments.inprocess import Admission, LocalModel, construct
 from deployments.ratelimit import ReplicaLimiter
 from deployments.ratelimit_ray import RayAuthority
@@ -32,7 +32,7 @@ from deployments.ratelimit_ray import RayAuthority
 logger = logging.getLogger("ray.serve")
 
 # Serve's defaults for a model deployment (deployments/deployment.py), kept for a co-located model
-DEFAULT_MAX_ONGOING = {LLM: 64, EMBEDDING: 128}
+DEFAULT_MAX_ONGOING = {LLM: 64, EMBEDDING: 128, AUDIO: 16}
 
 
 @serve.deployment(name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0.25})
@@ -45,16 +45,20 @@ class Ingress:
     until it is ready), as a separate deployment's model does while its replica starts.
     """
 
-    async def __init__(self, config: AppConfig, llms: dict[str, Any], embeddings: dict[str, Any]) -> None:
-        colocated = [m for m in [*config.llms, *config.embeddings] if m.colocated]
+    async def __init__(
+        self, config: AppConfig, llms: dict[str, Any], embeddings: dict[str, Any], audio: dict[str, Any] | None = None
+    ) -> None:
+        models = [*config.llms, *config.embeddings, *config.audio]
+        colocated = [m for m in models if m.colocated]
         logger.info(serving_env.startup_line([m.id for m in colocated]))
         for warning in serving_env.missing_settings(bool(colocated)):
             logger.warning(warning)
         retry = config.server.retry_after_s
         self.local: dict[str, LocalModel] = {}
         routes = []
-        for model in config.llms + config.embeddings:
-            kind = LLM if isinstance(model, LLMConfig) else EMBEDDING
+        handles = {LLM: llms, EMBEDDING: embeddings, AUDIO: audio or {}}
+        for model in models:
+            kind = _kind(model)
             aliases = [n for n in model.names if n != model.id]
             if model.colocated:
                 limits = model.deployment
@@ -67,7 +71,7 @@ class Ingress:
                 )
                 routes.append(ModelRoute(model.id, kind, local.handle(), aliases, replicas=local.replicas))
             else:
-                handle = (llms if kind == LLM else embeddings)[model.id]
+                handle = handles[kind][model.id]
                 routes.append(ModelRoute(model.id, kind, handle, aliases, replicas=_routable_replicas(handle)))
         self.router = Router(routes)
         self.server = config.server
@@ -82,7 +86,7 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         return create_app(self.router, self.keys, self.server, self.limiter)
 
-    async def _load(self, models: list[LLMConfig | EmbeddingConfig]) -> None:
+    async def _load(self, models: list[LLMConfig | EmbeddingConfig | AudioConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while
         the embedding model loads in a thread); each serves as soon as it is built.
 
@@ -99,6 +103,8 @@ class Ingress:
         async def build(model) -> None:
             if isinstance(model, LLMConfig):
                 from deployments.llm_server import LLMServer as cls
+            elif isinstance(model, AudioConfig):
+                from deployments.audio_server import AudioServer as cls
             else:
                 from deployments.embedding_server import EmbeddingServer as cls
             self.local[model.id].server = await construct(cls, model)
@@ -137,6 +143,10 @@ class Ingress:
             shutdown = getattr(local.server, "shutdown", None)
             if shutdown is not None:
                 await shutdown()
+
+
+def _kind(model) -> str:
+    return LLM if isinstance(model, LLMConfig) else AUDIO if isinstance(model, AudioConfig) else EMBEDDING
 
 
 def _routable_replicas(handle):

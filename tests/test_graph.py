@@ -38,7 +38,7 @@ def test_models_list_and_retrieve(client):
     raw = client.models.with_raw_response.list()
     validate(raw.http_response.json(), "ListModelsResponse")
     ids = [m.id for m in raw.parse().data]
-    assert ids == [CHAT_MODEL, EMBED_MODEL]
+    assert ids == [CHAT_MODEL, EMBED_MODEL, "whisper-tiny-en"]
     model = client.models.retrieve(CHAT_MODEL)
     assert model.id == CHAT_MODEL and model.owned_by == "local"
     from deployments.engines.vllm_engine import vllm_unavailable_reason

@@ -79,7 +79,7 @@ def test_metrics_after_a_chat_stream_and_an_embedding_request(graph):
 def test_health_and_logs_show_loading_progress(graph):
     health = httpx.get(graph.base_url + "/health", timeout=30).json()
     assert health["status"] == "ok"
-    assert {m: s["status"] for m, s in health["models"].items()} == {CHAT_MODEL: "ready", EMBED_MODEL: "ready"}
+    assert {m: s["status"] for m, s in health["models"].items()} == {CHAT_MODEL: "ready", EMBED_MODEL: "ready", "whisper-tiny-en": "ready"}
     log = graph.log_path.read_text(errors="replace")
     assert f"Model {CHAT_MODEL}: loading " in log and f"Embedding model {EMBED_MODEL}: loading " in log
     assert " MB)" in log  # sizes on disk
