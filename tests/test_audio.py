@@ -286,18 +286,15 @@ async def test_translation_shapes_on_a_multilingual_server(whisper, api):
 
 # --------------------------------------------------------------------------- concurrency
 async def test_short_files_are_not_stuck_behind_long_ones(whisper, api):
-    """Two long files fill the pool; a short one sent after them still finishes long before
-    them, taking turns window by window."""
+    """Two long files fill the pool; a short one sent after them still finishes before either
+    of them, taking turns window by window. (First come, first served would finish the long
+    files first. How much sooner is a speed figure: the audio benchmark's, not this test's.)"""
     long = long_wav(MEETING, 95)  # four 30-second windows
-    started = time.monotonic()
     longs = [asyncio.create_task(post(api, audio=long, response_format="text")) for _ in range(whisper.pool.size)]
     await asyncio.sleep(0.5)
     short = await post(api, audio=FOX, response_format="text")
-    short_done = time.monotonic() - started
     assert short.status_code == 200
     assert_fox(short.text)
     assert not any(t.done() for t in longs), "the long files finished first: this proves nothing"
     results = await asyncio.gather(*longs)
-    long_done = time.monotonic() - started
     assert all(r.status_code == 200 and r.text.lower().count("holiday") >= 2 for r in results)
-    assert short_done < long_done / 2, (short_done, long_done)

