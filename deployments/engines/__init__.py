@@ -22,7 +22,7 @@ async def start_engine(config: LLMConfig) -> Engine:
     # a GGUF source is de-quantised once, which takes a while: off the event loop
     path = await loading.exclusive(model_store.resolve, config.source, config.dtype)
     logger.info("Model %s: loading %s", config.id, model_store.describe(path))
-    if config.engine in ("vllm", "auto"):
+    if _may_use_vllm(config):
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
         why_not = await loading.exclusive(vllm_unavailable_reason)  # imports vllm: seconds, off the loop
@@ -50,11 +50,15 @@ async def start_engine(config: LLMConfig) -> Engine:
 async def import_engines(configs: list[LLMConfig]) -> None:
     """Import the engine these configs may start (vLLM, for ``vllm`` or ``auto``) in a thread,
     ahead of :func:`start_engine`, which then finds the answer kept."""
-    if any(c.engine in ("vllm", "auto") for c in configs):
+    if any(_may_use_vllm(c) for c in configs):
         from deployments import loading
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
         await loading.exclusive(vllm_unavailable_reason)
+
+
+def _may_use_vllm(config: LLMConfig) -> bool:
+    return config.engine in ("vllm", "auto")
 
 
 def _hf(config: LLMConfig, path: str, reason: str) -> Engine:
