@@ -22,7 +22,8 @@ from typing import Any
 from ray import serve
 
 from deployments import serving_env
-from deployments.api import AUDIO, EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import AUDIO, EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import KeyStore
 from deployments.config import AppConfig, AudioConfig, EmbeddingConfig, LLMConfig
 from deployments.inprocess import Admission, LocalModel, construct

@@ -36,28 +36,36 @@ def serve_config_v2(serve_config: dict) -> dict:
     }
 
 
-def manifest(serve_config: dict) -> dict:
-    env = [
+def _environment() -> list[dict]:
+    return [
         {"name": "HF_HUB_OFFLINE", "value": "1"},
         {"name": "RAY_AUTH_MODE", "value": "disabled"},
         {"name": "API_KEYS_FILE", "value": "/etc/model-server/keys"},
         # the fast path's serving environment (configs/serving.env): Ray reads it at start
         *({"name": key, "value": value} for key, value in serving_env.load().items()),
     ]
-    mounts = [{"name": "api-keys", "mountPath": "/etc/model-server", "readOnly": True}]
+
+
+def _container(name: str, cpu: str, memory: str, env: list, mounts: list, ports: list | None = None) -> dict:
+    """A Ray node's container: the image, the serving environment and the API keys' secret."""
+    c = {
+        "name": name,
+        "image": IMAGE,
+        "env": env,
+        "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
+    }
+    if ports:
+        c["ports"] = ports
+    return c
+
+
+def manifest(serve_config: dict) -> dict:
+    env, mounts = _environment(), [{"name": "api-keys", "mountPath": "/etc/model-server", "readOnly": True}]
     volumes = [{"name": "api-keys", "secret": {"secretName": "model-server-api-keys", "optional": True}}]
 
     def container(name: str, cpu: str, memory: str, ports: list | None = None) -> dict:
-        c = {
-            "name": name,
-            "image": IMAGE,
-            "env": env,
-            "volumeMounts": mounts,
-            "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
-        }
-        if ports:
-            c["ports"] = ports
-        return c
+        return _container(name, cpu, memory, env, mounts, ports)
 
     return {
         "apiVersion": "ray.io/v1",

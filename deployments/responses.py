@@ -290,6 +290,7 @@ class StreamTranslator:
         self._finish: str | None = None
         self._usage: dict[str, int] | None = None
         self.response: dict[str, Any] | None = None  # the final response, once finished
+        self.failed = False  # an error event was sent: the stream ends there
 
     @property
     def usage(self) -> dict[str, int] | None:
@@ -406,6 +407,7 @@ class StreamTranslator:
 
     def error(self, body: dict[str, Any]) -> list[str]:
         """A failure after the stream started: an ``error`` event (then the stream ends)."""
+        self.failed = True
         err = body.get("error", {})
         return [self._event("error", code=err.get("code"), message=err.get("message", "error"), param=err.get("param"))]
 

@@ -13,7 +13,8 @@ import json
 import httpx
 import pytest
 
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from tests.local import LocalHandle
 from tests.spec import validate
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from deployments import transcripts
-from deployments.api import AUDIO, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import AUDIO, LLM, ModelRoute, Router
 from deployments.audio_server import AudioServer, decode
 from deployments.config import AudioConfig
 from tests.local import LocalHandle, construct

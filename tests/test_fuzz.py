@@ -22,7 +22,8 @@ from schemathesis.checks import (
 )
 
 from deployments import protocol
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from deployments.config import EmbeddingConfig, LLMConfig
 from deployments.embedding_server import EmbeddingServer
 from deployments.engines.fake import FakeEngine

@@ -12,7 +12,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import KeyStore, parse_key_file
 from deployments.config import LLMConfig, ServerConfig
 from deployments.engines.fake import FakeEngine

@@ -7,7 +7,8 @@ import httpx2
 import openai
 import pytest
 
-from deployments.api import Router, create_app
+from deployments.api import create_app
+from deployments.routing import Router
 from deployments.auth import KeyStore
 
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from deployments import ratelimit
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import Key, KeyFileError, KeyStore, parse_key_file
 from deployments.config import ServerConfig
 from deployments.ratelimit import REQUESTS, TOKENS, Ledger, LocalAuthority, ReplicaLimiter, duration

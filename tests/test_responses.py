@@ -12,7 +12,8 @@ import httpx
 import openai
 import pytest
 
-from deployments.api import LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import LLM, ModelRoute, Router
 from deployments.config import LLMConfig, ServerConfig
 from deployments.engines.fake import FakeEngine
 from deployments.llm_server import LLMServer

@@ -8,7 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from deployments.api import EMBEDDING, LLM, ModelRoute, Router, create_app
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import KeyStore, parse_key_file
 from deployments.config import ServerConfig
 from tests.local import LocalHandle

@@ -115,7 +115,8 @@ def test_an_earlier_call_is_written_back_as_the_model_writes_it():
 async def tool_client():
     import httpx
 
-    from deployments.api import LLM, ModelRoute, Router, create_app
+    from deployments.api import create_app
+    from deployments.routing import LLM, ModelRoute, Router
     from deployments.config import LLMConfig
     from deployments.engines.fake import FakeEngine
     from deployments.llm_server import LLMServer
@@ -274,7 +275,8 @@ async def test_a_forced_function_call_is_constrained_to_its_schema():
     one call of that function (on an engine that can constrain; this one records the schema)."""
     import httpx
 
-    from deployments.api import LLM, ModelRoute, Router, create_app
+    from deployments.api import create_app
+    from deployments.routing import LLM, ModelRoute, Router
     from deployments.config import LLMConfig
     from deployments.engines.fake import FakeEngine
     from deployments.llm_server import LLMServer

@@ -8,7 +8,7 @@ a 404 whose message says why. A 404 rather than a 501: the official clients rais
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 
 from deployments.errors import APIError, ErrorKind
 
@@ -22,9 +22,9 @@ def not_served() -> APIError:
     return APIError(ErrorKind.NOT_FOUND, NOT_SERVED, code="moderations_not_served")
 
 
-def add_moderations_route(app: FastAPI) -> None:
-    """Register ``POST /v1/moderations`` (left out of the OpenAPI document: nothing is offered)."""
+router = APIRouter()
 
-    @app.post("/v1/moderations", include_in_schema=False)
-    async def moderations() -> None:
-        raise not_served()
+
+@router.post("/v1/moderations", include_in_schema=False)  # nothing is offered: not in the OpenAPI document
+async def moderations() -> None:
+    raise not_served()

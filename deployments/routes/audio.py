@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from deployments import protocol
-from deployments.api import AUDIO, ERRORS, Router
+from deployments.routes.common import ERRORS, app_state
+from deployments.routing import AUDIO
 from deployments.errors import invalid
 
 LIST_FIELDS = ("timestamp_granularities", "include")
@@ -104,26 +105,29 @@ def parse(model: type, fields: dict[str, Any]):
         raise protocol.validation_error(exc) from None
 
 
-def add_audio_routes(app: FastAPI, router: Router, call, stream_or_error) -> None:
-    @app.post(
-        "/v1/audio/transcriptions", responses=ANSWERS, openapi_extra=_form_schema(_TRANSCRIPTION_FIELDS)
-    )
-    async def transcriptions(request: Request) -> Response:
-        """``CreateTranscriptionRequest`` -> the transcript in ``response_format``, or with
-        ``stream=true`` ``transcript.text.delta`` events and ``transcript.text.done``."""
-        fields, audio = await read_form(request)
-        body = parse(protocol.TranscriptionRequest, fields)
-        request.state.model = router.id_of(body.model)
-        route = router.get(body.model, AUDIO, request.state.key)
-        if body.stream:
-            return await stream_or_error(route.stream_handle.transcribe_stream, body, audio)
-        return await call(route.handle.transcribe, body, audio)
+router = APIRouter()
 
-    @app.post("/v1/audio/translations", responses=ANSWERS, openapi_extra=_form_schema(_TRANSLATION_FIELDS))
-    async def translations(request: Request) -> Response:
-        """``CreateTranslationRequest`` -> English text in ``response_format`` (multilingual models)."""
-        fields, audio = await read_form(request)
-        body = parse(protocol.TranslationRequest, fields)
-        request.state.model = router.id_of(body.model)
-        route = router.get(body.model, AUDIO, request.state.key)
-        return await call(route.handle.translate, body, audio)
+
+@router.post("/v1/audio/transcriptions", responses=ANSWERS, openapi_extra=_form_schema(_TRANSCRIPTION_FIELDS))
+async def transcriptions(request: Request) -> Response:
+    """``CreateTranscriptionRequest`` -> the transcript in ``response_format``, or with
+    ``stream=true`` ``transcript.text.delta`` events and ``transcript.text.done``."""
+    state = app_state(request)
+    fields, audio = await read_form(request)
+    body = parse(protocol.TranscriptionRequest, fields)
+    request.state.model = state.router.id_of(body.model)
+    route = state.router.get(body.model, AUDIO, request.state.key)
+    if body.stream:
+        return await state.stream(route.stream_handle.transcribe_stream, body, audio)
+    return await state.call(route.handle.transcribe, body, audio)
+
+
+@router.post("/v1/audio/translations", responses=ANSWERS, openapi_extra=_form_schema(_TRANSLATION_FIELDS))
+async def translations(request: Request) -> Response:
+    """``CreateTranslationRequest`` -> English text in ``response_format`` (multilingual models)."""
+    state = app_state(request)
+    fields, audio = await read_form(request)
+    body = parse(protocol.TranslationRequest, fields)
+    request.state.model = state.router.id_of(body.model)
+    route = state.router.get(body.model, AUDIO, request.state.key)
+    return await state.call(route.handle.translate, body, audio)
