@@ -278,7 +278,8 @@ class Authenticate:
 
 
 def create_app(
-    router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None, limiter: ratelimit.ReplicaLimiter | None = None
+    router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None, limiter: ratelimit.ReplicaLimiter | None = None,
+    batch=None,
 ) -> FastAPI:
     """The OpenAI routes over ``router``; ``keys`` (none: open) and ``server`` settings; ``limiter``
     applies the keys' rate limits (default, when a key has some: this process's own ledger)."""
@@ -435,6 +436,10 @@ def create_app(
     add_moderations_route(app)  # not served: a clear 404 body
     _add_responses_routes(app, router, ResponseStore(server.responses_store_size), check_max_tokens, retry)
     _add_tokenizer_routes(app, router)
+    if batch is not None:  # the Batch API's service (deployments/batch/)
+        from deployments.batch.routes import add_batch_routes
+
+        add_batch_routes(app, batch)
     return app
 
 
