@@ -323,3 +323,25 @@ def test_store_records_a_line_once(tmp_path):
     store.close()
     reopened = Store(str(tmp_path / "db.sqlite"))
     assert reopened.results("b1", True) == ['{"x": 1}'] and reopened.done_lines("b1") == {0}
+
+
+async def test_a_batch_past_its_window_expires_with_unfinished_lines_in_the_error_file(app, tmp_path):
+    shift = {"s": 0.0}
+    clocked = App(app.router, BatchConfig(storage=str(tmp_path / "f2"), db_path=str(tmp_path / "b2.db"), concurrency=2))
+    clocked.service.runner.clock = clocked.service.clock = lambda: time.time() + shift["s"]
+    try:
+        client = clocked.clients[KEY_A]
+        f = await upload(client, slow_lines(20))
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        await wait_results(clocked.service, batch.id, 2)
+        shift["s"] = 25 * 3600
+        done, seen = await wait_done(client, batch.id)
+        assert done.status == "expired" and done.expired_at, seen
+        errors = output_lines((await client.files.content(done.error_file_id)).text)
+        expired = [e for e in errors if e["error"] and e["error"]["code"] == "batch_expired"]
+        assert expired and all(e["response"] is None for e in expired)
+        out = output_lines((await client.files.content(done.output_file_id)).text)
+        assert len(out) + len(expired) == 20
+        assert len({o["custom_id"] for o in out + expired}) == 20
+    finally:
+        await clocked.close()

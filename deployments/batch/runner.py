@@ -123,13 +123,14 @@ class Runner:
             if row["status"] == bp.VALIDATING:
                 if not self._validate(batch_id, lines):
                     return
-                row = self.store.update_batch(batch_id, status=bp.IN_PROGRESS, in_progress_at=self._now(), total=len(lines))
+                self.store.update_batch(batch_id, total=len(lines))
+                row = self.store.update_batch(batch_id, (bp.VALIDATING,), status=bp.IN_PROGRESS, in_progress_at=self._now(), total=len(lines))
                 logger.info("Batch %s: in progress, %d lines (%s)", batch_id, len(lines), row["endpoint"])
             if row["status"] == bp.IN_PROGRESS:
                 await self._run(row, lines)
                 row = self.store.batch(batch_id)
             if row["status"] == bp.IN_PROGRESS:
-                row = self.store.update_batch(batch_id, status=bp.FINALIZING, finalizing_at=self._now())
+                row = self.store.update_batch(batch_id, (bp.IN_PROGRESS,), status=bp.FINALIZING, finalizing_at=self._now())
             if row["status"] == bp.FINALIZING:
                 self._finalize(row, bp.COMPLETED, "completed_at")
             elif row["status"] == bp.CANCELLING:
@@ -191,7 +192,7 @@ class Runner:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
             if self._expired(row) and self.store.batch(batch_id)["status"] == bp.IN_PROGRESS:
-                self.store.update_batch(batch_id, status=bp.EXPIRED)
+                self.store.update_batch(batch_id, (bp.IN_PROGRESS,), status=bp.EXPIRED)
         finally:
             progress.cancel()
             for task in list(running):

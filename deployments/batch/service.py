@@ -128,7 +128,7 @@ class BatchService:
     async def cancel_batch(self, owner: str, batch_id: str) -> dict[str, Any]:
         row = self._batch(owner, batch_id)
         if row["status"] in (bp.VALIDATING, bp.IN_PROGRESS):
-            row = self.store.update_batch(batch_id, status=bp.CANCELLING, cancelling_at=int(self.clock()))
+            row = self.store.update_batch(batch_id, (bp.VALIDATING, bp.IN_PROGRESS), status=bp.CANCELLING, cancelling_at=int(self.clock()))
             self.runner.launch(batch_id)  # a no-op while its driver runs; it sees the status
         elif row["status"] not in (bp.CANCELLING, bp.CANCELLED):
             raise invalid(f"The batch is {row['status']}; only a validating or in-progress batch can be cancelled.", "batch_id", "invalid_value")

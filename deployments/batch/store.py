@@ -99,13 +99,16 @@ class Store:
             return None
         return {**json.loads(rows[0]["row"]), "_owner": rows[0]["owner"], "_models": json.loads(rows[0]["models"])}
 
-    def update_batch(self, id: str, **fields: Any) -> dict[str, Any]:
-        """Set ``fields`` in the batch's row (one transaction: read, change, write)."""
+    def update_batch(self, id: str, only_from: tuple[str, ...] | None = None, **fields: Any) -> dict[str, Any]:
+        """Set ``fields`` in the batch's row (one transaction: read, change, write); with
+        ``only_from``, only while its status is one of those (a cancel that came first stands)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 (text,) = self._db.execute("SELECT row FROM batches WHERE id=?", (id,)).fetchone()
-                row = {**json.loads(text), **fields}
+                row = json.loads(text)
+                if only_from is None or row["status"] in only_from:
+                    row.update(fields)
                 self._db.execute("UPDATE batches SET row=? WHERE id=?", (json.dumps(row), id))
                 self._db.execute("COMMIT")
             except BaseException:
