@@ -49,14 +49,51 @@ def embedding_file(n: int = SENTENCES) -> bytes:
     )
 
 
-def run_through_graph(app, data: bytes, endpoint: str, timeout: float = 3600) -> dict:
-    """Upload ``data``, run it as a batch on the running ``app``; wall time and tokens."""
+def online_ttft(client, n: int = 5, model: str = LLM_ID) -> dict:
+    """c=1 streamed chat requests one after another: their time to first token (p50, max), and
+    how many got a 429 (a batch must never cause one)."""
+    import openai
+
+    ttfts, refused = [], 0
+    for i in range(n):
+        start = time.perf_counter()
+        try:
+            stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": f"Say hello {i}."}],
+                                                    max_tokens=8, temperature=0, stream=True)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    ttfts.append(time.perf_counter() - start)
+                    break
+            stream.close()
+        except openai.RateLimitError:
+            refused += 1
+    ttfts.sort()
+    return {"n": n, "ttft_p50_s": round(ttfts[len(ttfts) // 2], 3) if ttfts else None,
+            "ttft_max_s": round(ttfts[-1], 3) if ttfts else None, "rate_limited": refused}
+
+
+def run_through_graph(app, data: bytes, endpoint: str, timeout: float = 3600, probe_online: bool = False) -> dict:
+    """Upload ``data``, run it as a batch on the running ``app``; wall time and tokens (and,
+    with ``probe_online``, online c=1 TTFT idle and while the batch runs)."""
+    import threading
+
     import openai
 
     client = openai.OpenAI(base_url=app.base_url + "/v1", api_key="bench", timeout=600, max_retries=0)
+    online: dict = {}
+    if probe_online:
+        online["idle"] = online_ttft(client)
     f = client.files.create(file=("bench.jsonl", io.BytesIO(data)), purpose="batch")
     start = time.perf_counter()
     batch = client.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")
+    probe = None
+    if probe_online:
+        def during() -> None:
+            time.sleep(5)  # the batch's lines are in the engine by then
+            online["during_batch"] = online_ttft(client)
+
+        probe = threading.Thread(target=during, daemon=True)
+        probe.start()
     deadline = time.monotonic() + timeout
     while batch.status not in ("completed", "failed", "cancelled", "expired"):
         if time.monotonic() > deadline:
@@ -70,6 +107,11 @@ def run_through_graph(app, data: bytes, endpoint: str, timeout: float = 3600) ->
            "lines_per_s": round(len(out) / wall, 2)}
     if tokens:
         row["tokens"], row["tokens_per_s"] = tokens, round(tokens / wall, 1)
+    if probe is not None:
+        probe.join(timeout=600)
+        row["online_c1"] = online
+        idle, busy = online.get("idle", {}).get("ttft_p50_s"), online.get("during_batch", {}).get("ttft_p50_s")
+        row["online_ttft_ratio"] = round(busy / idle, 2) if idle and busy else None
     print(f"  graph batch {endpoint}: {row}", flush=True)
     return row
 
@@ -91,7 +133,7 @@ def bench_graph(data: bytes, endpoint: str, concurrency: int, logs: Path) -> dic
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     app = _start_graph(concurrency, tmp)
     try:
-        row = run_through_graph(app, data, endpoint)
+        row = run_through_graph(app, data, endpoint, probe_online=endpoint == "/v1/chat/completions")
         row["concurrency"] = concurrency
         return row
     finally:
