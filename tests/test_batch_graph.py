@@ -130,6 +130,9 @@ def test_app_restart_mid_batch_resumes(app, folder):
     n = 48
     batch = submit(client, COMPLETIONS, n)
     _wait_progress(client, batch.id, 4)
+    import ray
+
+    ray.shutdown()  # this process's connection to the cluster that is about to stop
     app.stop()
     again = start_app("serve_config.yaml", folder, _tweak(folder))
     try:
