@@ -83,7 +83,7 @@ def check_output(client, batch, url, n):
 @pytest.mark.parametrize("url", [CHAT, COMPLETIONS, EMBEDDINGS])
 def test_batches_through_the_graph(app, url):
     client = openai_clients(app)[0]
-    bad = {"custom_id": "bad", "method": "POST", "url": url, "body": {"model": "nope", "input": "x", "prompt": "x", "messages": []}}
+    bad = {"custom_id": "bad", "method": "POST", "url": url, "body": {**body_of(url, 0), "model": "nope"}}  # unknown model: 404
     batch = wait_done(client, submit(client, url, 12, [bad]).id)
     assert batch.status == "completed", batch
     validate(batch.model_dump(exclude_unset=True), "Batch")
