@@ -281,7 +281,7 @@ class BatchConfig(_Config):
         description="Batch lines in flight at once, all batches together; keep it below the models' "
         "max_batch_size / max_ongoing_requests so online requests always find a free seat.",
     )
-    max_attempts: int = Field(3, ge=1, description="Tries of a line that meets a 429/5xx before it is recorded as failed.")
+    max_attempts: int = Field(3, ge=1, description="Tries of a line that meets a 429/500/502/504 before it is recorded as failed (a 503, a model loading or restarting, is waited out until the batch expires).")
     progress_log_s: float = Field(10.0, gt=0, description="How often the logs say how far each running batch is.")
 
     @field_validator("storage", "db_path")

@@ -345,3 +345,24 @@ async def test_a_batch_past_its_window_expires_with_unfinished_lines_in_the_erro
         assert len({o["custom_id"] for o in out + expired}) == 20
     finally:
         await clocked.close()
+
+
+async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, tmp_path):
+    """A 503 (the model loading after a restart) does not use up a line's tries."""
+    from deployments.errors import unavailable
+
+    answers = iter([(503, unavailable("loading").body())] * 5)
+
+    async def flaky(endpoint, body, models):
+        answer = next(answers, None)
+        return answer if answer is not None else (200, {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    service = BatchService(BatchConfig(storage=str(tmp_path / "f3"), db_path=str(tmp_path / "b3.db"), max_attempts=1), flaky)
+    try:
+        f = await service.create_file("o", "in.jsonl", "batch", jsonl([line("a", "/v1/embeddings", {"model": "m", "input": "x"})]))
+        batch = await service.create_batch("o", None, {"input_file_id": f["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"})
+        await asyncio.wait_for(service.wait(batch["id"]), 30)
+        done = await service.get_batch("o", batch["id"])
+        assert done["status"] == "completed" and done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    finally:
+        await service.close()

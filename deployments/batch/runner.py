@@ -207,10 +207,18 @@ class Runner:
         try:
             status, body = 400, line.error
             if line.error is None:
-                for attempt in range(self.config.max_attempts):
+                attempt, waits = 0, 0
+                while True:
                     status, body = await self.execute(row["endpoint"], line.body, models)
                     self.executed += 1
-                    if status not in RETRYABLE or attempt == self.config.max_attempts - 1:
+                    if status == 503 and not self._expired(row):
+                        # a model loading or a replica restarting (an app restart): wait for it,
+                        # without using up the line's tries, until the batch's window ends
+                        waits += 1
+                        await asyncio.sleep(min(0.5 * 2**waits, 5.0))
+                        continue
+                    attempt += 1
+                    if status not in RETRYABLE or attempt >= self.config.max_attempts:
                         break
                     await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
             usage = body.get("usage") if status == 200 and isinstance(body, dict) else None
