@@ -38,6 +38,7 @@ PARTS = {
     "coldstart": ("coldstart",),
     "embeddings": ("embeddings-graph", "embeddings-raw", "embeddings-infinity"),
     "audio": ("audio-inprocess", "audio-graph"),
+    "batch": ("batch-chat", "batch-embeddings"),
 }
 SUBPARTS = [s for subs in PARTS.values() for s in subs]
 
@@ -192,6 +193,21 @@ def run_audio(todo: list[str], store: Store, args, logs: Path) -> None:
             store.record(part, key, attempt(name, fn))
 
 
+def run_batch(todo: list[str], store: Store, args, logs: Path) -> None:
+    from benchmarks import batch
+
+    part = store.part("batch", {"chat_lines": batch.CHAT_LINES, "max_tokens": batch.MAX_TOKENS, "sentences": batch.SENTENCES,
+                                "concurrency": 64}, whole=all(t in todo for t in PARTS["batch"]))
+    steps = {
+        "batch-chat": ("chat", lambda: batch.bench_chat(logs, quick=args.quick)),
+        "batch-embeddings": ("embeddings", lambda: batch.bench_embeddings(logs, quick=args.quick)),
+    }
+    for name, (key, fn) in steps.items():
+        if name in todo:
+            print(f"== {name}", flush=True)
+            store.record(part, key, attempt(name, fn))
+
+
 def _emb_part(store: Store, todo: list[str], cfg: dict, path: str) -> dict:
     from benchmarks.embeddings import IN_FLIGHT
 
@@ -234,6 +250,8 @@ def main() -> None:
             run_embeddings(todo, store, args, logs)
         if any(t.startswith("audio-") for t in todo):
             run_audio(todo, store, args, logs)
+        if any(t.startswith("batch-") for t in todo):
+            run_batch(todo, store, args, logs)
         print(f"suite done in {(time.monotonic() - started) / 60:.1f} min", flush=True)
     write_report(store.results, doc, out_dir / "chat.png")
 

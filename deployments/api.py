@@ -9,6 +9,8 @@ around in-process servers through the same handle interface, so the routes are t
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,6 +21,7 @@ from deployments.config import ServerConfig
 from deployments.errors import APIError, ErrorKind, invalid
 from deployments.middleware import Authenticate, BodyLimit
 from deployments.routes import audio, chat, embeddings, health, models, moderations, responses, tokenizer
+from deployments.routes import batch as routes_batch
 from deployments.routes.common import AppState, as_api_error, error_response
 from deployments.routing import Router
 
@@ -26,12 +29,17 @@ ROUTES = (health, models, chat, embeddings, audio, moderations, responses, token
 
 
 def create_app(
-    router: Router, keys: KeyStore | None = None, server: ServerConfig | None = None, limiter: ratelimit.ReplicaLimiter | None = None
+    router: Router,
+    keys: KeyStore | None = None,
+    server: ServerConfig | None = None,
+    limiter: ratelimit.ReplicaLimiter | None = None,
+    batch: Any = None,
 ) -> FastAPI:
     """The OpenAI routes over ``router``; ``keys`` (none: open) and ``server`` settings; ``limiter``
-    applies the keys' rate limits (default, when a key has some: this process's own ledger)."""
+    applies the keys' rate limits (default, when a key has some: this process's own ledger);
+    ``batch``, the Batch API's service, adds the Files and Batches routes."""
     keys = keys or KeyStore([])
-    state = AppState(router, server or ServerConfig())
+    state = AppState(router, server or ServerConfig(), batch)
     app = FastAPI(
         title="OpenAI-compatible model server",
         description="OpenAI API (models, chat completions, completions, embeddings, audio transcriptions) on Ray Serve.",
@@ -42,6 +50,8 @@ def create_app(
     _add_error_handlers(app, state.retry_after_s)
     for module in ROUTES:
         app.include_router(module.router)
+    if batch is not None:
+        app.include_router(routes_batch.router)
     return app
 
 

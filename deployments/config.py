@@ -257,10 +257,46 @@ class ServerConfig(_Config):
     )
 
 
+class BatchConfig(_Config):
+    """The Batch API (``/v1/files``, ``/v1/batches``, ``deployments/batch/``): where files and
+    metadata live, the limits of an input file, and how much of the models a batch may use."""
+
+    enabled: bool = Field(True, description="Serve /v1/files and /v1/batches.")
+    storage: str = Field(
+        "~/.cache/openai-serve/batch/files",
+        description="Where file contents are kept: a local folder, or any fsspec path/URI every node can "
+        "reach (s3://bucket/prefix, gs://..., a shared mount).",
+    )
+    db_path: str = Field(
+        "~/.cache/openai-serve/batch/batch.db",
+        description="SQLite file with file and batch metadata and each line's recorded result "
+        "(local to the node running the batch driver: the head node).",
+    )
+    max_file_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Largest file accepted (server.max_body_bytes caps uploads too)."
+    )
+    max_lines: int = Field(50_000, ge=1, description="Most request lines in one batch input file.")
+    concurrency: int = Field(
+        16, ge=1,
+        description="Batch lines in flight at once, all batches together; keep it below the models' "
+        "max_batch_size / max_ongoing_requests so online requests always find a free seat.",
+    )
+    max_attempts: int = Field(3, ge=1, description="Tries of a line that meets a 429/500/502/504 before it is recorded as failed (a 503, a model loading or restarting, is waited out until the batch expires).")
+    progress_log_s: float = Field(10.0, gt=0, description="How often the logs say how far each running batch is.")
+
+    @field_validator("storage", "db_path")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
 class AppConfig(_Config):
     """All models of one application."""
 
     server: ServerConfig = Field(default_factory=ServerConfig, description="Ingress settings.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Batch API settings.")
     llms: list[LLMConfig] = Field(default_factory=list, description="Chat / completions models.")
     embeddings: list[EmbeddingConfig] = Field(default_factory=list, description="Embedding models.")
     audio: list[AudioConfig] = Field(default_factory=list, description="Speech-to-text models.")

@@ -82,10 +82,22 @@ class Ingress:
             self.limiter = ReplicaLimiter(RayAuthority(serve.get_replica_context().app_name))
             self.limiter.start()
         self._loading = asyncio.create_task(self._load(colocated)) if colocated else None
+        self.batch = None
+        if config.batch.enabled:  # the application's batch driver (a Ray actor); it resumes unfinished batches
+            from deployments.batch.ray_driver import RayBatchService
+
+            self.batch = RayBatchService(serve.get_replica_context().app_name, config.batch)
+            self._batch_start = asyncio.create_task(self.batch.connect())
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.router, self.keys, self.server, self.limiter)
+        return create_app(self.router, self.keys, self.server, self.limiter, self.batch)
+
+    async def batch_line(self, endpoint: str, body, models: list[str] | None) -> tuple[int, dict]:
+        """One batch line through the online route's checks and model handles (the batch driver calls it)."""
+        from deployments.batch.execute import execute_line
+
+        return await execute_line(self.router, self.server, endpoint, body, models)
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig | AudioConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while

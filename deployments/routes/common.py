@@ -45,6 +45,7 @@ class AppState:
 
     router: Router
     server: ServerConfig = field(default_factory=ServerConfig)
+    batch: Any = None  # the Batch API's service (deployments/batch/), when enabled
     responses: ResponseStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -56,9 +57,7 @@ class AppState:
         return self.server.retry_after_s
 
     def check_max_tokens(self, value: int | None, param: str) -> None:
-        limit = self.server.max_tokens_limit
-        if limit is not None and value is not None and value > limit:
-            raise invalid(f"{param} is {value}; this server allows at most {limit}.", param, "max_tokens_limit")
+        check_max_tokens(self.server, value, param)
 
     async def call(self, method, *args) -> Response:
         """A model server's finished answer: JSON, or text (the audio routes' text formats)."""
@@ -81,6 +80,13 @@ class AppState:
         except Exception as exc:  # noqa: BLE001
             return error_response(as_api_error(exc, self.retry_after_s))
         return StreamingResponse(_relay(first, iterator, self.retry_after_s), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+def check_max_tokens(server: ServerConfig, value: int | None, param: str) -> None:
+    """The server's cap on generated tokens (``server.max_tokens_limit``), a 400 naming ``param``."""
+    limit = server.max_tokens_limit
+    if limit is not None and value is not None and value > limit:
+        raise invalid(f"{param} is {value}; this server allows at most {limit}.", param, "max_tokens_limit")
 
 
 def app_state(request: Request) -> AppState:

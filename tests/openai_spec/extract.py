@@ -28,6 +28,7 @@ ROOTS = [
     "CreateTranscriptionResponseJson", "CreateTranscriptionResponseVerboseJson",
     "CreateTranslationResponseJson", "CreateTranslationResponseVerboseJson",
     "TranscriptTextDeltaEvent", "TranscriptTextDoneEvent",
+    "OpenAIFile", "ListFilesResponse", "DeleteFileResponse", "Batch", "ListBatchesResponse", "CreateBatchRequest",
 ]
 
 PREFIX = "#/components/schemas/"

@@ -1,0 +1,96 @@
+"""The batch driver as a Ray actor: one per application, on the head node.
+
+The actor (``batch-driver-<app>``, in Serve's namespace) holds the :class:`BatchService`: the
+SQLite store (on the head node's disk, so a restarted actor finds it), the file storage and the
+runner. Every front replica reaches it with ``get_if_exists``: the first creates it, the others
+find it. It runs each line through the front deployment's ``batch_line`` method (a Serve
+deployment handle), which is the online route's own path (``execute.py``), so a line gets the
+model routing, key check and error body an online request gets. Ray restarts the actor if it dies
+(``max_restarts=-1``); it belongs to the front replica that made it, so if that replica dies it
+goes too, and the next front replica to call makes a new one. Either way the new actor resumes
+every unfinished batch from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+
+from deployments.config import BatchConfig
+
+SERVE_NAMESPACE = "serve"
+START_TIMEOUT_S = 120.0
+
+
+class BatchDriverActor:
+    def __init__(self, app_name: str, config: BatchConfig, front: str = "Ingress") -> None:
+        self.app_name, self.config, self.front = app_name, config, front
+        self.service = None
+        self._handle = None
+
+    async def _execute(self, endpoint: str, body: Any, models: list[str] | None) -> tuple[int, Any]:
+        from deployments.errors import unavailable
+
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_deployment_handle(self.front, app_name=self.app_name)
+        try:
+            return await self._handle.batch_line.remote(endpoint, body, models)
+        except Exception as exc:  # noqa: BLE001 - the front is restarting: a retryable 503
+            return 503, unavailable(f"The front is unavailable: {type(exc).__name__}").body()
+
+    async def start(self) -> bool:
+        if self.service is None:
+            from deployments.batch.service import BatchService
+
+            self.service = BatchService(self.config, self._execute)
+            await self.service.start()
+        return True
+
+    async def call(self, method: str, *args: Any) -> Any:
+        await self.start()
+        return await getattr(self.service, method)(*args)
+
+
+class RayBatchService:
+    """The actor behind the service interface the routes use (``await service.method(...)``)."""
+
+    def __init__(self, app_name: str, config: BatchConfig) -> None:
+        self.app_name, self.config = app_name, config
+        self._actor = None
+        self._lock = asyncio.Lock()
+
+    def _get_or_create(self):
+        head = {"node:__internal_head__": 0.001}
+        return (
+            ray.remote(BatchDriverActor)
+            .options(name=f"batch-driver-{self.app_name}", namespace=SERVE_NAMESPACE, get_if_exists=True,
+                     num_cpus=0, max_restarts=-1, max_task_retries=0, resources=head, max_concurrency=1000)
+            .remote(self.app_name, self.config)
+        )
+
+    async def connect(self):
+        async with self._lock:
+            if self._actor is None:
+                actor = await asyncio.to_thread(self._get_or_create)
+                await asyncio.wait_for(actor.start.remote(), START_TIMEOUT_S)
+                self._actor = actor
+        return self._actor
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        async def call(*args: Any) -> Any:
+            actor = await self.connect()
+            try:
+                return await actor.call.remote(method, *args)
+            except ray.exceptions.RayActorError:
+                self._actor = None  # gone with its replica: the next call makes a new one
+                actor = await self.connect()
+                return await actor.call.remote(method, *args)
+
+        return call

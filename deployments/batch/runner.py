@@ -1,0 +1,258 @@
+"""The batch driver: takes a batch from ``validating`` to ``completed`` (or ``failed``,
+``cancelled``, ``expired``), line by line, with a bounded number of lines in flight.
+
+Every state it needs is in the store: the status, and each line's result recorded (once, keyed by
+line) before it counts. A driver started on the same store, after a restart or the death of the
+last one, resumes every batch that was not finished: lines with a result are not run again, lines
+without one run, and the output is assembled from the recorded results when the batch finalizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from deployments.batch import protocol as bp
+from deployments.batch.files import FileStorage
+from deployments.batch.store import Store
+from deployments.config import BatchConfig
+from deployments.errors import invalid
+
+logger = logging.getLogger("ray.serve")
+
+# (endpoint, body, models the owner's key may use) -> (status, body), as the online API answers
+Execute = Callable[[str, Any, "list[str] | None"], Awaitable[tuple[int, Any]]]
+RETRYABLE = {429, 500, 502, 503, 504}
+
+
+class Line:
+    """One request line of the input file, parsed; ``error`` is the 400 it gets without running."""
+
+    def __init__(self, index: int, number: int, text: bytes, endpoint: str) -> None:
+        self.index, self.number = index, number  # position among the requests, line number in the file
+        self.custom_id: str | None = None
+        self.body: Any = None
+        self.error: dict[str, Any] | None = None
+        try:
+            item = json.loads(text)
+        except ValueError as exc:
+            self.error = invalid(f"The request line is not valid JSON: {exc}", None, "invalid_json").body()
+            return
+        if not isinstance(item, dict):
+            self.error = invalid("The request line must be a JSON object.", None, "invalid_json").body()
+            return
+        custom_id = item.get("custom_id")
+        self.custom_id = custom_id if isinstance(custom_id, str) else None
+        if self.custom_id is None:
+            self.error = invalid("Missing required parameter: 'custom_id' (a string).", "custom_id", "missing_required_parameter").body()
+        elif item.get("method", "POST") != "POST":
+            self.error = invalid("Invalid value for 'method': only POST is supported.", "method", "invalid_value").body()
+        elif item.get("url") != endpoint:
+            self.error = invalid(f"Invalid value for 'url': this batch's endpoint is {endpoint}.", "url", "invalid_value").body()
+        elif "body" not in item:
+            self.error = invalid("Missing required parameter: 'body'.", "body", "missing_required_parameter").body()
+        else:
+            self.body = item["body"]
+
+
+def parse(data: bytes, endpoint: str) -> list[Line]:
+    lines, number = [], 0
+    for number, text in enumerate(data.split(b"\n"), 1):
+        if text.strip():
+            lines.append(Line(len(lines), number, text, endpoint))
+    return lines
+
+
+def output_file_id(batch_id: str, which: str) -> str:
+    """The output/error file's id, the same however often the batch finalizes (a finalize cut
+    short by a restart writes the same file again, not a second one)."""
+    return "file-" + hashlib.sha256(f"{batch_id}:{which}".encode()).hexdigest()[:24]
+
+
+class Runner:
+    def __init__(self, store: Store, storage: FileStorage, execute: Execute, config: BatchConfig, clock=time.time) -> None:
+        self.store, self.storage, self.execute, self.config, self.clock = store, storage, execute, config, clock
+        self.slots = asyncio.Semaphore(config.concurrency)  # lines in flight, all batches together
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.in_flight = 0
+        self.executed = 0  # lines run (tries that got an answer), for tests and logs
+
+    def resume(self) -> list[str]:
+        """Drive every batch the store has not finished (after a restart)."""
+        ids = [b["id"] for b in self.store.active_batches(bp.ACTIVE)]
+        for batch_id in ids:
+            logger.info("Batch %s: resuming", batch_id)
+            self.launch(batch_id)
+        return ids
+
+    def launch(self, batch_id: str) -> None:
+        task = self.tasks.get(batch_id)
+        if task is None or task.done():
+            self.tasks[batch_id] = asyncio.get_running_loop().create_task(self._drive(batch_id))
+
+    async def stop(self) -> None:
+        """Stop driving (the process goes away): in-flight lines are dropped, unrecorded."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait(self, batch_id: str) -> None:
+        task = self.tasks.get(batch_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    async def _drive(self, batch_id: str) -> None:
+        try:
+            row = self.store.batch(batch_id)
+            lines = None
+            if row["status"] in (bp.VALIDATING, bp.IN_PROGRESS, bp.CANCELLING):
+                try:
+                    data = await asyncio.to_thread(self.storage.get, row["input_file_id"])
+                except FileNotFoundError:
+                    self._fail(batch_id, "input_file_missing", "The input file no longer exists.")
+                    return
+                lines = parse(data, row["endpoint"])
+            if row["status"] == bp.VALIDATING:
+                if not self._validate(batch_id, lines):
+                    return
+                self.store.update_batch(batch_id, total=len(lines))
+                row = self.store.update_batch(batch_id, (bp.VALIDATING,), status=bp.IN_PROGRESS, in_progress_at=self._now(), total=len(lines))
+                logger.info("Batch %s: in progress, %d lines (%s)", batch_id, len(lines), row["endpoint"])
+            if row["status"] == bp.IN_PROGRESS:
+                await self._run(row, lines)
+                row = self.store.batch(batch_id)
+            if row["status"] == bp.IN_PROGRESS:
+                row = self.store.update_batch(batch_id, (bp.IN_PROGRESS,), status=bp.FINALIZING, finalizing_at=self._now())
+            if row["status"] == bp.FINALIZING:
+                self._finalize(row, bp.COMPLETED, "completed_at")
+            elif row["status"] == bp.CANCELLING:
+                self._finalize(row, bp.CANCELLED, "cancelled_at")
+            elif row["status"] == bp.EXPIRED and row.get("expired_at") is None:
+                for line in lines or []:
+                    if line.index not in self.store.done_lines(batch_id):
+                        error = {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}
+                        self.store.record(batch_id, line.index, line.custom_id, False, bp.output_line(batch_id, line.index, line.custom_id, None, None, error))
+                self._finalize(row, bp.EXPIRED, "expired_at")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the driver's own fault: the batch fails, visibly
+            logger.exception("Batch %s: the driver failed", batch_id)
+            self._fail(batch_id, "driver_error", f"The batch driver failed: {type(exc).__name__}")
+
+    def _fail(self, batch_id: str, code: str, message: str, line: int | None = None) -> None:
+        error = {"code": code, "message": message, "param": None, "line": line}
+        self.store.update_batch(batch_id, status=bp.FAILED, failed_at=self._now(), errors=[error])
+        logger.warning("Batch %s: failed: %s", batch_id, message)
+
+    def _validate(self, batch_id: str, lines: list[Line]) -> bool:
+        if not lines:
+            self._fail(batch_id, "empty_file", "The input file has no request lines.")
+            return False
+        seen: dict[str, int] = {}
+        for line in lines:
+            if line.custom_id is not None:
+                if line.custom_id in seen:
+                    self._fail(batch_id, "duplicate_custom_id",
+                               f"custom_id {line.custom_id!r} is on lines {seen[line.custom_id]} and {line.number}; each must be unique.", line.number)
+                    return False
+                seen[line.custom_id] = line.number
+        model = next((l.body.get("model") for l in lines if isinstance(l.body, dict) and isinstance(l.body.get("model"), str)), None)
+        self.store.update_batch(batch_id, model=model)
+        return True
+
+    async def _run(self, row: dict[str, Any], lines: list[Line]) -> None:
+        batch_id, models = row["id"], row["_models"]
+        done = self.store.done_lines(batch_id)
+        todo = [line for line in lines if line.index not in done]
+        logger.info("Batch %s: %d of %d lines to run", batch_id, len(todo), len(lines))
+        progress = asyncio.get_running_loop().create_task(self._log_progress(batch_id, len(lines)))
+        running: set[asyncio.Task] = set()
+        try:
+            for line in todo:
+                await self.slots.acquire()
+                status = self.store.batch(batch_id)["status"]
+                if status != bp.IN_PROGRESS or self._expired(row):
+                    self.slots.release()
+                    break
+                task = asyncio.get_running_loop().create_task(self._line(row, line, models))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if self.store.batch(batch_id)["status"] == bp.IN_PROGRESS and not self._expired(row):
+                await asyncio.gather(*running)
+            else:  # cancelling / expired: lines in flight are abandoned, not recorded
+                for task in list(running):
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+            if self._expired(row) and self.store.batch(batch_id)["status"] == bp.IN_PROGRESS:
+                self.store.update_batch(batch_id, (bp.IN_PROGRESS,), status=bp.EXPIRED)
+        finally:
+            progress.cancel()
+            for task in list(running):
+                task.cancel()
+
+    def _expired(self, row: dict[str, Any]) -> bool:
+        return self._now() >= row["expires_at"]
+
+    async def _line(self, row: dict[str, Any], line: Line, models: list[str] | None) -> None:
+        batch_id = row["id"]
+        self.in_flight += 1
+        try:
+            status, body = 400, line.error
+            if line.error is None:
+                attempt, waits = 0, 0
+                while True:
+                    status, body = await self.execute(row["endpoint"], line.body, models)
+                    self.executed += 1
+                    if status == 503 and not self._expired(row):
+                        # a model loading or a replica restarting (an app restart): wait for it,
+                        # without using up the line's tries, until the batch's window ends
+                        waits += 1
+                        await asyncio.sleep(min(0.5 * 2**waits, 5.0))
+                        continue
+                    attempt += 1
+                    if status not in RETRYABLE or attempt >= self.config.max_attempts:
+                        break
+                    await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+            usage = body.get("usage") if status == 200 and isinstance(body, dict) else None
+            usage = usage or {}
+            self.store.record(
+                batch_id, line.index, line.custom_id, status == 200,
+                bp.output_line(batch_id, line.index, line.custom_id, status, body),
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+            )
+        finally:
+            self.in_flight -= 1
+            self.slots.release()
+
+    async def _log_progress(self, batch_id: str, total: int) -> None:
+        start, first = time.monotonic(), sum(self.store.counts(batch_id)[:2])
+        while True:
+            await asyncio.sleep(self.config.progress_log_s)
+            completed, failed, _, _ = self.store.counts(batch_id)
+            rate = (completed + failed - first) / max(time.monotonic() - start, 1e-9)
+            logger.info("Batch %s: %d/%d lines done (%d completed, %d failed), %.1f lines/s",
+                        batch_id, completed + failed, total, completed, failed, rate)
+
+    def _finalize(self, row: dict[str, Any], final: str, stamp: str) -> None:
+        batch_id, owner = row["id"], row["_owner"]
+        fields: dict[str, Any] = {}
+        for ok, which, name in ((True, "output", "output_file_id"), (False, "errors", "error_file_id")):
+            results = self.store.results(batch_id, ok)
+            if not results:
+                continue
+            data = ("\n".join(results) + "\n").encode()
+            file_id = output_file_id(batch_id, which)
+            self.storage.put(file_id, data)
+            self.store.add_file(file_id, owner, f"{batch_id}_{which}.jsonl", "batch_output", len(data), len(results))
+            fields[name] = file_id
+        completed, failed, _, _ = self.store.counts(batch_id)
+        self.store.update_batch(batch_id, status=final, **{stamp: self._now()}, **fields)
+        logger.info("Batch %s: %s, %d completed, %d failed", batch_id, final, completed, failed)

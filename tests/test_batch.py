@@ -1,0 +1,369 @@
+"""The Batch API over the in-process app (fake LLM engine, real MiniLM), with the official client.
+
+Files and batches go through the real routes and the real service (SQLite store, fsspec storage,
+runner) in a temporary folder; lines run through ``execute_line``, the online route's checks and
+the model servers' handles. A restart is a service closed mid-batch and a new one opened on the
+same folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections import Counter
+
+import httpx
+import openai
+import pytest
+
+from deployments.api import create_app
+from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
+from deployments.auth import Key, KeyStore
+from deployments.batch.execute import execute_line
+from deployments.batch.service import BatchService
+from deployments.batch.store import Store
+from deployments.config import BatchConfig, LLMConfig, ServerConfig
+from deployments.engines.fake import FakeEngine
+from deployments.llm_server import LLMServer
+from tests.local import LocalHandle, construct
+from tests.spec import validate
+
+KEY_A, KEY_B = "sk-batch-a", "sk-batch-b"
+TERMINAL = {"completed", "failed", "cancelled", "expired"}
+RESPONSE_SCHEMA = {
+    "/v1/chat/completions": "CreateChatCompletionResponse",
+    "/v1/completions": "CreateCompletionResponse",
+    "/v1/embeddings": "CreateEmbeddingResponse",
+}
+
+
+class App:
+    """The front (routes + service) over a router; ``clients[key]`` are official async clients."""
+
+    def __init__(self, router: Router, config: BatchConfig, calls: Counter | None = None) -> None:
+        self.router, self.config = router, config
+        self.calls = calls if calls is not None else Counter()
+        server = ServerConfig()
+
+        async def execute(endpoint, body, models):
+            if isinstance(body, dict):
+                self.calls[json.dumps(body, sort_keys=True)] += 1
+            return await execute_line(router, server, endpoint, body, models)
+
+        self.service = BatchService(config, execute)
+        keys = KeyStore([Key(KEY_A.encode(), None), Key(KEY_B.encode(), None)])
+        self.asgi = create_app(router, keys, server, batch=self.service)
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi), base_url="http://test")
+        self.clients = {
+            key: openai.AsyncOpenAI(base_url="http://test/v1", api_key=key, max_retries=0, http_client=httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=self.asgi), base_url="http://test"))
+            for key in (KEY_A, KEY_B)
+        }
+
+    async def close(self) -> None:
+        await self.service.close()
+
+
+@pytest.fixture(scope="session")
+async def slow_llm():
+    engine = FakeEngine(step_delay=0.02, max_model_len=256)
+    return await construct(LLMServer, LLMConfig(id="slow-llm", source="unused", stream_interval_ms=0), engine)
+
+
+@pytest.fixture
+async def app(servers, slow_llm, tmp_path):
+    _, llm, embedder = servers
+    router = Router([
+        ModelRoute("fake-llm", LLM, LocalHandle(llm)), ModelRoute("minilm", EMBEDDING, LocalHandle(embedder)),
+        ModelRoute("slow-llm", LLM, LocalHandle(slow_llm)),
+    ])
+    config = BatchConfig(storage=str(tmp_path / "files"), db_path=str(tmp_path / "batch.db"), concurrency=4, progress_log_s=0.2)
+    a = App(router, config)
+    yield a
+    await a.close()
+
+
+def jsonl(items) -> bytes:
+    return b"".join((i if isinstance(i, bytes) else json.dumps(i).encode()) + b"\n" for i in items)
+
+
+def line(custom_id, url, body):
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+async def wait_done(client, batch_id, timeout=60.0, statuses=TERMINAL):
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        if not seen or seen[-1] != batch.status:
+            seen.append(batch.status)
+        if batch.status in statuses:
+            return batch, seen
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"batch {batch_id} still {seen[-1]} after {timeout} s (statuses seen: {seen})")
+
+
+async def upload(client, data: bytes, name="in.jsonl"):
+    return await client.files.create(file=(name, io.BytesIO(data)), purpose="batch")
+
+
+def output_lines(text: str) -> list[dict]:
+    lines = [json.loads(l) for l in text.splitlines() if l]
+    for item in lines:  # OpenAI's batch output line format
+        assert set(item) == {"id", "custom_id", "response", "error"}, item
+        assert item["id"].startswith("batch_req_")
+    return lines
+
+
+async def test_chat_batch_output_and_error_file_match_the_online_api(app):
+    client = app.clients[KEY_A]
+    url = "/v1/chat/completions"
+    good = [line(f"ok-{i}", url, {"model": "fake-llm", "messages": [{"role": "user", "content": f"abc{i}"}]}) for i in range(5)]
+    unknown = line("unknown-model", url, {"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    bad_param = line("bad-param", url, {"model": "fake-llm", "messages": [{"role": "user", "content": "x"}], "temperature": 9})
+    data = jsonl([good[0], good[1], b"{not json", unknown, good[2], bad_param, good[3], good[4]])
+    f = await upload(client, data)
+    validate(f.model_dump(exclude_unset=True), "OpenAIFile")
+    assert f.purpose == "batch" and f.bytes == len(data)
+    validate((await app.http.get("/v1/files", headers={"Authorization": f"Bearer {KEY_A}"})).json(), "ListFilesResponse")
+
+    batch = await client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h", metadata={"job": "t"})
+    validate(batch.model_dump(exclude_unset=True), "Batch")
+    assert batch.status == "validating" and batch.metadata == {"job": "t"}
+    batch, seen = await wait_done(client, batch.id)
+    assert batch.status == "completed", (batch, seen)
+    assert seen[-1] == "completed" and set(seen) <= {"validating", "in_progress", "finalizing", "completed"}
+    validate(batch.model_dump(exclude_unset=True), "Batch")
+    assert batch.request_counts.model_dump() == {"total": 8, "completed": 5, "failed": 3}
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at and batch.model == "fake-llm"
+
+    out = output_lines((await client.files.content(batch.output_file_id)).text)
+    assert sorted(o["custom_id"] for o in out) == [f"ok-{i}" for i in range(5)]
+    for o in out:
+        assert o["response"]["status_code"] == 200 and o["error"] is None
+        validate(o["response"]["body"], "CreateChatCompletionResponse")
+    assert out[0]["response"]["body"]["choices"][0]["message"]["content"] == "0cba"
+
+    errors = {e["custom_id"]: e for e in output_lines((await client.files.content(batch.error_file_id)).text)}
+    assert set(errors) == {None, "unknown-model", "bad-param"}
+    assert errors[None]["response"]["body"]["error"]["code"] == "invalid_json"
+    for custom_id, source in (("unknown-model", unknown), ("bad-param", bad_param)):
+        online = await app.http.post(url, json=source["body"], headers={"Authorization": f"Bearer {KEY_A}"})
+        assert errors[custom_id]["response"] == {**errors[custom_id]["response"], "status_code": online.status_code, "body": online.json()}
+        validate(online.json(), "ErrorResponse")
+    assert errors["unknown-model"]["response"]["status_code"] == 404
+    assert errors["bad-param"]["response"]["status_code"] == 400
+
+
+async def test_completion_and_embedding_batches(app):
+    client = app.clients[KEY_A]
+    for url, body, check in (
+        ("/v1/completions", lambda i: {"model": "fake-llm", "prompt": f"xy{i}", "max_tokens": 8},
+         lambda b, i: b["choices"][0]["text"] == f"{i}yx"),
+        ("/v1/embeddings", lambda i: {"model": "minilm", "input": [f"sentence {i}", "another"]},
+         lambda b, i: len(b["data"]) == 2 and len(b["data"][0]["embedding"]) == 384),
+    ):
+        f = await upload(client, jsonl(line(f"r{i}", url, body(i)) for i in range(6)))
+        batch, _ = await wait_done(client, (await client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h")).id)
+        assert batch.status == "completed" and batch.request_counts.completed == 6 and batch.error_file_id is None
+        out = output_lines((await client.files.content(batch.output_file_id)).text)
+        assert Counter(o["custom_id"] for o in out) == Counter(f"r{i}" for i in range(6))
+        for o in out:
+            validate(o["response"]["body"], RESPONSE_SCHEMA[url])
+            assert check(o["response"]["body"], int(o["custom_id"][1:]))
+
+
+async def test_a_line_for_another_endpoint_or_model_kind_is_an_error_line(app):
+    client = app.clients[KEY_A]
+    url = "/v1/embeddings"
+    data = jsonl([line("a", url, {"model": "fake-llm", "input": "x"}), line("b", "/v1/completions", {"model": "minilm", "input": "x"})])
+    f = await upload(client, data)
+    batch, _ = await wait_done(client, (await client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h")).id)
+    errors = {e["custom_id"]: e["response"] for e in output_lines((await client.files.content(batch.error_file_id)).text)}
+    assert errors["a"]["status_code"] == 400 and errors["a"]["body"]["error"]["code"] == "model_not_supported"
+    assert errors["b"]["body"]["error"]["param"] == "url"
+
+
+async def test_duplicate_custom_ids_fail_the_batch(app):
+    client = app.clients[KEY_A]
+    url = "/v1/completions"
+    f = await upload(client, jsonl([line("same", url, {"model": "fake-llm", "prompt": "a"})] * 2))
+    batch, _ = await wait_done(client, (await client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h")).id)
+    assert batch.status == "failed" and batch.failed_at
+    assert batch.errors.data[0].code == "duplicate_custom_id" and batch.errors.data[0].line == 2
+    validate(batch.model_dump(exclude_unset=True), "Batch")
+
+
+def slow_lines(n, url="/v1/chat/completions"):
+    return jsonl(line(f"s{i}", url, {"model": "slow-llm", "messages": [{"role": "user", "content": f"line number {i:04d}"}]}) for i in range(n))
+
+
+async def wait_results(service, batch_id, at_least, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while sum(service.store.counts(batch_id)[:2]) < at_least:
+        assert time.monotonic() < deadline, "no results recorded in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_cancel_keeps_partial_output(app):
+    client = app.clients[KEY_A]
+    f = await upload(client, slow_lines(40))
+    batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await wait_results(app.service, batch.id, 2)
+    cancelling = await client.batches.cancel(batch.id)
+    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    batch, seen = await wait_done(client, batch.id)
+    assert batch.status == "cancelled" and batch.cancelled_at, seen
+    out = output_lines((await client.files.content(batch.output_file_id)).text)
+    assert 2 <= len(out) < 40 and len(out) == batch.request_counts.completed
+    assert len({o["custom_id"] for o in out}) == len(out)
+    done = await client.batches.create(
+        input_file_id=(await upload(client, jsonl([line("x", "/v1/completions", {"model": "fake-llm", "prompt": "a"})]))).id,
+        endpoint="/v1/completions", completion_window="24h")
+    assert (await wait_done(client, done.id))[0].status == "completed"
+    with pytest.raises(openai.BadRequestError):  # a finished batch cannot be cancelled
+        await client.batches.cancel(done.id)
+
+
+async def test_restart_mid_batch_resumes_with_each_line_exactly_once(app, tmp_path):
+    client = app.clients[KEY_A]
+    n = 24
+    f = await upload(client, slow_lines(n))
+    batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await wait_results(app.service, batch.id, 5)
+    await app.service.runner.stop()  # the driver dies: lines in flight are lost, unrecorded
+    before = app.service.store.done_lines(batch.id)
+    assert 5 <= len(before) < n
+    ran_before = Counter(app.calls)
+    app.service.store.close()
+
+    again = App(app.router, app.config)  # a new front and driver on the same folder
+    try:
+        resumed = await again.service.start()
+        assert resumed == [batch.id]
+        done, seen = await wait_done(again.clients[KEY_A], batch.id)
+        assert done.status == "completed", seen
+        assert done.request_counts.model_dump() == {"total": n, "completed": n, "failed": 0}
+        out = output_lines((await again.clients[KEY_A].files.content(done.output_file_id)).text)
+        assert Counter(o["custom_id"] for o in out) == Counter(f"s{i}" for i in range(n))  # each exactly once
+        # a line recorded before the restart was not run again
+        recorded_bodies = {json.dumps({"model": "slow-llm", "messages": [{"role": "user", "content": f"line number {i:04d}"}]}, sort_keys=True) for i in before}
+        assert not recorded_bodies & set(again.calls), "a recorded line ran again after the restart"
+        assert sum(again.calls.values()) <= n - len(before) + app.config.concurrency
+        assert ran_before  # the first driver did run lines
+    finally:
+        await again.close()
+
+
+async def test_key_isolation(app):
+    a, b = app.clients[KEY_A], app.clients[KEY_B]
+    f = await upload(a, jsonl([line("x", "/v1/completions", {"model": "fake-llm", "prompt": "a"})]))
+    batch = await a.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        await b.files.retrieve(f.id)
+    with pytest.raises(openai.NotFoundError):
+        await b.files.content(f.id)
+    with pytest.raises(openai.NotFoundError):
+        await b.files.delete(f.id)
+    with pytest.raises(openai.NotFoundError):
+        await b.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        await b.batches.cancel(batch.id)
+    with pytest.raises(openai.NotFoundError):  # another key's file cannot be a batch's input
+        await b.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+    assert f.id not in [x.id for x in (await b.files.list()).data]
+    assert batch.id not in [x.id for x in (await b.batches.list()).data]
+    assert f.id in [x.id for x in (await a.files.list()).data]
+    assert batch.id in [x.id for x in (await a.batches.list()).data]
+    await wait_done(a, batch.id)
+
+
+async def test_list_batches_pages_with_after_and_limit(app):
+    client = app.clients[KEY_B]
+    f = await upload(client, jsonl([line("x", "/v1/completions", {"model": "fake-llm", "prompt": "a"})]))
+    ids = [(await client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")).id for _ in range(3)]
+    r = (await app.http.get("/v1/batches?limit=2", headers={"Authorization": f"Bearer {KEY_B}"})).json()
+    validate(r, "ListBatchesResponse")
+    assert [b["id"] for b in r["data"]] == ids[::-1][:2] and r["has_more"] is True
+    r2 = (await app.http.get(f"/v1/batches?limit=2&after={r['last_id']}", headers={"Authorization": f"Bearer {KEY_B}"})).json()
+    assert [b["id"] for b in r2["data"]][:1] == [ids[0]]
+    for i in ids:
+        await wait_done(client, i)
+
+
+async def test_file_delete_and_limits(app):
+    client = app.clients[KEY_A]
+    f = await upload(client, jsonl([line("x", "/v1/completions", {"model": "fake-llm", "prompt": "a"})]))
+    deleted = await client.files.delete(f.id)
+    validate(deleted.model_dump(exclude_unset=True), "DeleteFileResponse")
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(f.id)
+    app.service.config = app.service.config.model_copy(update={"max_file_bytes": 100, "max_lines": 2})
+    with pytest.raises(openai.BadRequestError) as e:
+        await upload(client, b"x" * 101)
+    assert "batch.max_file_bytes" in e.value.message and "100" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        await upload(client, b"{}\n{}\n{}\n")
+    assert "batch.max_lines" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.files.create(file=("a.jsonl", io.BytesIO(b"{}\n")), purpose="fine-tune")
+    assert e.value.body["param"] == "purpose"
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.batches.create(input_file_id="file-x", endpoint="/v1/moderations", completion_window="24h")
+    assert e.value.body["param"] == "endpoint"
+
+
+def test_store_records_a_line_once(tmp_path):
+    store = Store(str(tmp_path / "db.sqlite"))
+    assert store.record("b1", 0, "a", True, {"x": 1}, 3, 4) is True
+    assert store.record("b1", 0, "a", False, {"x": 2}) is False  # the first result stands
+    assert store.counts("b1") == (1, 0, 3, 4)
+    store.close()
+    reopened = Store(str(tmp_path / "db.sqlite"))
+    assert reopened.results("b1", True) == ['{"x": 1}'] and reopened.done_lines("b1") == {0}
+
+
+async def test_a_batch_past_its_window_expires_with_unfinished_lines_in_the_error_file(app, tmp_path):
+    shift = {"s": 0.0}
+    clocked = App(app.router, BatchConfig(storage=str(tmp_path / "f2"), db_path=str(tmp_path / "b2.db"), concurrency=2))
+    clocked.service.runner.clock = clocked.service.clock = lambda: time.time() + shift["s"]
+    try:
+        client = clocked.clients[KEY_A]
+        f = await upload(client, slow_lines(20))
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        await wait_results(clocked.service, batch.id, 2)
+        shift["s"] = 25 * 3600
+        done, seen = await wait_done(client, batch.id)
+        assert done.status == "expired" and done.expired_at, seen
+        errors = output_lines((await client.files.content(done.error_file_id)).text)
+        expired = [e for e in errors if e["error"] and e["error"]["code"] == "batch_expired"]
+        assert expired and all(e["response"] is None for e in expired)
+        out = output_lines((await client.files.content(done.output_file_id)).text)
+        assert len(out) + len(expired) == 20
+        assert len({o["custom_id"] for o in out + expired}) == 20
+    finally:
+        await clocked.close()
+
+
+async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, tmp_path):
+    """A 503 (the model loading after a restart) does not use up a line's tries."""
+    from deployments.errors import unavailable
+
+    answers = iter([(503, unavailable("loading").body())] * 5)
+
+    async def flaky(endpoint, body, models):
+        answer = next(answers, None)
+        return answer if answer is not None else (200, {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+
+    service = BatchService(BatchConfig(storage=str(tmp_path / "f3"), db_path=str(tmp_path / "b3.db"), max_attempts=1), flaky)
+    try:
+        f = await service.create_file("o", "in.jsonl", "batch", jsonl([line("a", "/v1/embeddings", {"model": "m", "input": "x"})]))
+        batch = await service.create_batch("o", None, {"input_file_id": f["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"})
+        await asyncio.wait_for(service.wait(batch["id"]), 30)
+        done = await service.get_batch("o", batch["id"])
+        assert done["status"] == "completed" and done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
+    finally:
+        await service.close()
