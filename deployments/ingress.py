@@ -87,11 +87,18 @@ class Ingress:
             from deployments.batch.ray_driver import RayBatchService
 
             self.batch = RayBatchService(serve.get_replica_context().app_name, config.batch)
-            self._batch_start = asyncio.create_task(self.batch.connect())
+            self._batch_start = asyncio.create_task(self._start_batch_driver())
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
         return create_app(self.router, self.keys, self.server, self.limiter, self.batch)
+
+    async def _start_batch_driver(self) -> None:
+        """Start (or find) the batch driver once this replica's models are loaded: its process
+        would compete with their start for the CPU, and no batch line can run before them."""
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
+        await self.batch.connect()
 
     async def batch_line(self, endpoint: str, body, models: list[str] | None) -> tuple[int, dict]:
         """One batch line through the online route's checks and model handles (the batch driver calls it)."""

@@ -211,9 +211,30 @@ def test_api_error_survives_pickling_with_all_fields():
     )
 
 
-def test_error_kinds_are_distinct():
-    assert len({k.name for k in ErrorKind}) == len(list(ErrorKind))
+# What OpenAI's API answers for each status (its error guide and the official clients' error
+# classes), written out here apart from the table under test.
+OPENAI_TYPES = {
+    400: {"invalid_request_error"},
+    401: {"authentication_error"},
+    403: {"permission_error"},
+    404: {"invalid_request_error"},
+    405: {"invalid_request_error"},
+    413: {"invalid_request_error"},
+    429: {"rate_limit_error", "requests", "tokens"},
+    500: {"server_error"},
+    503: {"service_unavailable_error"},
+}
+
+
+def test_each_error_kind_has_the_status_and_type_openai_gives_it():
+    for kind in ErrorKind:
+        assert kind.type in OPENAI_TYPES[kind.status], kind
+        body = APIError(kind, "m", param="p").body()["error"]
+        assert body["type"] == kind.type and body["param"] == "p" and body["message"] == "m"
+        assert APIError(kind, "m").status == kind.status
+    # kinds sharing a status and type stay apart (their members are not aliases of each other)
     assert ErrorKind.UNSUPPORTED_PARAMETER is not ErrorKind.INVALID_REQUEST
+    assert len(set(ErrorKind)) == len(ErrorKind.__members__)
 
 
 def test_sse_event_and_done():

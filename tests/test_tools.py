@@ -1,6 +1,7 @@
 """Tool calls as text: the parser, the streaming splitter and the forced-call schemas.
 
-The end-to-end behaviour with real models is in tests/test_agents_graph.py; the ASGI tests at the
+The end-to-end behaviour with real models is in tests/test_engines_graph.py and
+tests/test_clients_graph.py; the ASGI tests at the
 bottom drive the whole chat path on the fake engine, which answers with the last user message
 reversed, so a reversed call in the question comes back as the model's call.
 """
@@ -188,6 +189,11 @@ async def test_tool_results_are_accepted_back(tool_client):
         assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": "22 C and sunny.", "refusal": None, "annotations": []}
         prompts.append((await tool_client.post("/tokenize", json={"model": "fake-llm", "messages": messages})).json()["tokens"])
     assert prompts[0] == prompts[1]
+    # ... and that prompt holds the call and its result (a history dropped on the way would not)
+    text = (await tool_client.post("/detokenize", json={"model": "fake-llm", "tokens": prompts[0]})).json()["prompt"]
+    assert "22 C and sunny" in text and "get_weather" in text, text
+    bare = [{"role": "user", "content": "weather in Paris?"}, {"role": "user", "content": ".ynnus dna C 22"}]
+    assert (await tool_client.post("/tokenize", json={"model": "fake-llm", "messages": bare})).json()["tokens"] != prompts[0]
 
 
 async def test_forcing_a_call_needs_an_engine_that_constrains_output(tool_client):

@@ -1,4 +1,5 @@
-"""Structured output for the transformers engine: JSON schemas as token masks, with xgrammar.
+"""Structured output: JSON schemas checked for every engine (``check_schema``, used by
+``Engine.check_structured``), and turned into token masks for the transformers engine, with xgrammar.
 
 xgrammar compiles a JSON schema against the model's vocabulary into a grammar; a matcher per
 request then says, before every step, which tokens keep the output a valid prefix (a bitmask

@@ -17,15 +17,18 @@ router = APIRouter()
 @router.post("/v1/tokenize", include_in_schema=False)
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """A prompt, or chat messages as the model's template renders them, to token ids."""
-    state = app_state(request)
-    request.state.model = state.router.id_of(body.model)
-    return await state.call(state.router.get(body.model, LLM, request.state.key).handle.tokenize, body)
+    return await _to_model(request, body, "tokenize")
 
 
 @router.post("/detokenize", responses={**ERRORS})
 @router.post("/v1/detokenize", include_in_schema=False)
 async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     """Token ids to text."""
+    return await _to_model(request, body, "detokenize")
+
+
+async def _to_model(request: Request, body: TokenizeRequest | DetokenizeRequest, method: str) -> Response:
     state = app_state(request)
     request.state.model = state.router.id_of(body.model)
-    return await state.call(state.router.get(body.model, LLM, request.state.key).handle.detokenize, body)
+    route = state.router.get(body.model, LLM, request.state.key)
+    return await state.call(getattr(route.handle, method), body)
