@@ -72,9 +72,12 @@ class RayBatchService:
             .remote(self.app_name, self.config)
         )
 
-    async def connect(self):
+    async def connect(self, failed=None):
+        """The driver, started. After a call to ``failed`` raised (the actor died), the actor is
+        looked up again by name while the old handle is still held: Ray is restarting it, and
+        dropping this replica's handle first (it owns the actor) would destroy it for good."""
         async with self._lock:
-            if self._actor is None:
+            if self._actor is None or self._actor is failed:
                 actor = await asyncio.to_thread(self._get_or_create)
                 await asyncio.wait_for(actor.start.remote(), START_TIMEOUT_S)
                 self._actor = actor
@@ -88,9 +91,8 @@ class RayBatchService:
             actor = await self.connect()
             try:
                 return await actor.call.remote(method, *args)
-            except ray.exceptions.RayActorError:
-                self._actor = None  # gone with its replica: the next call makes a new one
-                actor = await self.connect()
+            except ray.exceptions.RayActorError:  # restarted by Ray, or gone: the new one resumes from the store
+                actor = await self.connect(failed=actor)
                 return await actor.call.remote(method, *args)
 
         return call
