@@ -73,11 +73,18 @@ class RayBatchService:
         )
 
     async def connect(self, failed=None):
-        """The driver, started. After a call to ``failed`` raised (the actor died), the actor is
-        looked up again by name while the old handle is still held: Ray is restarting it, and
-        dropping this replica's handle first (it owns the actor) would destroy it for good."""
+        """The driver, started. After a call to ``failed`` raised, the handle held is kept and
+        waited on: Ray restarts the actor behind it, and only the handle its creator got keeps a
+        (non-detached) actor alive, so swapping it for a looked-up one would destroy it. A
+        driver dead for good is made anew; it resumes unfinished batches from the store."""
         async with self._lock:
-            if self._actor is None or self._actor is failed:
+            if self._actor is not None and self._actor is failed:
+                try:
+                    await asyncio.wait_for(self._actor.start.remote(), START_TIMEOUT_S)
+                    return self._actor
+                except ray.exceptions.RayActorError:
+                    self._actor = None
+            if self._actor is None:
                 actor = await asyncio.to_thread(self._get_or_create)
                 await asyncio.wait_for(actor.start.remote(), START_TIMEOUT_S)
                 self._actor = actor
