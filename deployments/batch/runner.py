@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from deployments.batch import protocol as bp
+from deployments.protocol import batch as bp
 from deployments.batch.files import FileStorage
 from deployments.batch.store import Store
 from deployments.config import BatchConfig

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from deployments import protocol as online
-from deployments.batch import protocol as bp
+from deployments.protocol import batch as bp
 from deployments.batch.files import FileStorage
 from deployments.batch.runner import Execute, Runner
 from deployments.batch.store import Store
