@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments import metrics, protocol, ratelimit
 from deployments.auth import KeyStore
 from deployments.config import ServerConfig
-from deployments.errors import APIError, ErrorKind, invalid
+from deployments.errors import APIError, ErrorKind, not_a_json_object
 from deployments.middleware import Authenticate, BodyLimit
 from deployments.routes import audio, chat, embeddings, health, models, moderations, responses, tokenizer
 from deployments.routes import batch as routes_batch
@@ -88,7 +88,7 @@ def _add_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         errors = list(exc.errors())
         if errors and tuple(errors[0].get("loc", ())) == ("body",):
             # The body as a whole is missing or not a JSON object.
-            return error_response(invalid("The request body must be a JSON object.", None, "invalid_json"))
+            return error_response(not_a_json_object())
         return error_response(protocol.validation_error(errors))
 
     @app.exception_handler(StarletteHTTPException)

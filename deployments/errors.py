@@ -109,6 +109,11 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return APIError(ErrorKind.INVALID_REQUEST, message, param=param, code=code)
 
 
+def not_a_json_object(what: str = "request body") -> APIError:
+    """A body (or a batch file's line) that is missing or is not a JSON object."""
+    return invalid(f"The {what} must be a JSON object.", None, "invalid_json")
+
+
 def unsupported(param: str, detail: str = "") -> APIError:
     message = f"Parameter '{param}' is not supported by this server"
     message += f": {detail}" if detail else "."

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from deployments import protocol
 from deployments.auth import Key
 from deployments.config import ServerConfig
-from deployments.errors import APIError, invalid
+from deployments.errors import APIError, invalid, not_a_json_object
 from deployments.routes.common import as_api_error, check_max_tokens
 from deployments.routing import EMBEDDING, LLM
 
@@ -33,7 +33,7 @@ async def execute_line(router, server: ServerConfig, endpoint: str, body: Any, m
     model_cls, kind, method, token_params = ROUTES[endpoint]
     try:
         if not isinstance(body, dict):
-            raise invalid("The request body must be a JSON object.", None, "invalid_json")
+            raise not_a_json_object()
         if body.get("stream"):
             raise invalid("A batch request cannot stream: leave out 'stream'.", "stream", "invalid_value")
         try:

@@ -20,7 +20,7 @@ from deployments.protocol import batch as bp
 from deployments.batch.files import FileStorage
 from deployments.batch.store import Store
 from deployments.config import BatchConfig
-from deployments.errors import invalid
+from deployments.errors import invalid, not_a_json_object
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,7 +43,7 @@ class Line:
             self.error = invalid(f"The request line is not valid JSON: {exc}", None, "invalid_json").body()
             return
         if not isinstance(item, dict):
-            self.error = invalid("The request line must be a JSON object.", None, "invalid_json").body()
+            self.error = not_a_json_object("request line").body()
             return
         custom_id = item.get("custom_id")
         self.custom_id = custom_id if isinstance(custom_id, str) else None

@@ -15,7 +15,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from deployments.batch.service import owner_of
-from deployments.errors import invalid
+from deployments.errors import not_a_json_object
 from deployments.routes.common import app_state
 
 
@@ -72,9 +72,9 @@ async def create_batch(request: Request) -> JSONResponse:
     try:
         body = await request.json()
     except ValueError:
-        raise invalid("The request body must be a JSON object.", None, "invalid_json") from None
+        raise not_a_json_object() from None
     if not isinstance(body, dict):
-        raise invalid("The request body must be a JSON object.", None, "invalid_json")
+        raise not_a_json_object()
     return JSONResponse(await _service(request).create_batch(owner(request), models(request), body))
 
 
