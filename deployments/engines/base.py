@@ -15,6 +15,10 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from deployments.engines.errors import InvalidRequest
+
+__all__ = ["Engine", "EngineInfo", "EngineOptions", "GenerationChunk", "InvalidRequest", "LoRARef", "SamplingParams", "TokenLogprob"]
+
 
 @dataclass
 class SamplingParams:
@@ -39,15 +43,6 @@ class SamplingParams:
     json_schema: dict[str, Any] | None = None
 
 
-class InvalidRequest(ValueError):
-    """The engine cannot run this request as asked (e.g. a JSON schema it cannot compile);
-    the client's mistake, answered with a 400 naming ``param``."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 @dataclass
 class TokenLogprob:
     token_id: int
@@ -70,6 +65,28 @@ class LoRARef:
 
     name: str
     path: str
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run one model, whichever engine runs it: the one set of constructor arguments
+    (``deployments/engines/__init__.py`` builds it from the model's config). An engine reads the
+    fields that apply to it and ignores the others' (``torch_threads`` is the transformers
+    engine's; ``engine_args``, ``env`` and ``lora`` are vLLM's)."""
+
+    model_path: str
+    dtype: str = "bfloat16"
+    max_model_len: int | None = None
+    max_batch_size: int = 32
+    reason: str = "configured"  # why this engine serves the model (shown in /v1/models/{id})
+    torch_threads: int | None = None
+    engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vLLM's engine as they are
+    env: dict[str, str] = field(default_factory=dict)  # set before vLLM's engine starts
+    lora: tuple[int, int] | None = None  # (max rank, max adapters per batch) when there are adapters
+
+    def info(self, engine: str, max_model_len: int | None, **extra: Any) -> "EngineInfo":
+        """What an engine of these options reports, with its own ``extra`` facts."""
+        return EngineInfo(engine, self.reason, max_model_len or 0, self.dtype, {"max_batch_size": self.max_batch_size, **extra})
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
-from deployments.engines.base import InvalidRequest
+from deployments.engines.errors import InvalidRequest
 
 
 def check_schema(schema: dict[str, Any]) -> None:

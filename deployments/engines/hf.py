@@ -28,7 +28,7 @@ from typing import AsyncIterator
 
 import torch
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, LoRARef, SamplingParams
+from deployments.engines.base import Engine, EngineInfo, EngineOptions, GenerationChunk, LoRARef, SamplingParams
 from deployments.engines.sampling import RowState, sample
 from deployments.engines.tokenizer import HFTokenizer
 
@@ -59,22 +59,9 @@ class _Batch:
 class HFEngine(Engine):
     """Serves any causal LM that ``AutoModelForCausalLM`` loads."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        dtype: str = "bfloat16",
-        max_model_len: int | None = None,
-        max_batch_size: int = 32,
-        torch_threads: int | None = None,
-        reason: str = "configured",
-    ) -> None:
-        self.model_path = model_path
-        self.dtype = dtype
-        self.max_batch_size = max_batch_size
-        self.torch_threads = torch_threads
-        self.reason = reason
-        self._max_model_len = max_model_len
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self._max_model_len = options.max_model_len
         self._inbox: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -96,11 +83,11 @@ class HFEngine(Engine):
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        if self.options.torch_threads:
+            torch.set_num_threads(self.options.torch_threads)
         started = time.monotonic()
-        self.tokenizer = HFTokenizer.load(self.model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+        self.tokenizer = HFTokenizer.load(self.options.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.options.model_path, dtype=getattr(torch, self.options.dtype))
         self.model.eval()
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self._max_model_len = min(self._max_model_len or limit, limit)
@@ -115,7 +102,7 @@ class HFEngine(Engine):
         self._grammars = JsonGrammars(self.tokenizer.hf, vocab, self.eos_ids)
         logger.info(
             "HF engine loaded %s (%s, %d threads) in %.1f s",
-            self.model_path, self.dtype, torch.get_num_threads(), time.monotonic() - started,
+            self.options.model_path, self.options.dtype, torch.get_num_threads(), time.monotonic() - started,
         )
 
     async def shutdown(self) -> None:
@@ -129,13 +116,7 @@ class HFEngine(Engine):
             raise RuntimeError("HF engine worker thread is not running")
 
     def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine="hf",
-            reason=self.reason,
-            max_model_len=self._max_model_len or 0,
-            dtype=self.dtype,
-            extra={"max_batch_size": self.max_batch_size, "torch_threads": torch.get_num_threads()},
-        )
+        return self.options.info("hf", self._max_model_len, torch_threads=torch.get_num_threads())
 
     def stats(self) -> dict[str, int]:
         return {
@@ -197,7 +178,7 @@ class HFEngine(Engine):
 
     def _admit(self) -> bool:
         """Pre-fill waiting requests (as many as fit) and merge them into the batch."""
-        room = self.max_batch_size - len(self._batch.requests)
+        room = self.options.max_batch_size - len(self._batch.requests)
         new: list[_Request] = []
         while room > len(new) and not self._inbox.empty():
             req = self._inbox.get_nowait()

@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any, AsyncIterator
 
-from deployments.engines.base import Engine, EngineInfo, GenerationChunk, InvalidRequest, LoRARef, SamplingParams, TokenLogprob
+from deployments.engines.base import Engine, EngineInfo, EngineOptions, GenerationChunk, InvalidRequest, LoRARef, SamplingParams, TokenLogprob
 from deployments.engines.tokenizer import HFTokenizer
 
 logger = logging.getLogger("ray.serve")
@@ -97,26 +97,9 @@ class SchedulerStatsKeeper:
 
 
 class VLLMEngine(Engine):
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        dtype: str = "bfloat16",
-        max_model_len: int | None = None,
-        max_batch_size: int = 32,
-        engine_args: dict[str, Any] | None = None,
-        env: dict[str, str] | None = None,
-        reason: str = "configured",
-        lora: tuple[int, int] | None = None,
-    ) -> None:
-        self.model_path = model_path
-        self.dtype = dtype
-        self.max_model_len = max_model_len
-        self.max_batch_size = max_batch_size
-        self.engine_args = dict(engine_args or {})
-        self.env = dict(env or {})
-        self.reason = reason
-        self.lora = lora  # (max rank, max adapters per batch) when the model has adapters
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.max_model_len = options.max_model_len
         self._lora_ids: dict[str, int] = {}
         self.llm = None
         self.tokenizer: HFTokenizer | None = None
@@ -126,13 +109,13 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         cpu = on_cpu()
-        for key, value in ({**CPU_ENV_DEFAULTS, **self.env} if cpu else self.env).items():
+        for key, value in ({**CPU_ENV_DEFAULTS, **self.options.env} if cpu else self.options.env).items():
             os.environ[key] = str(value)
         args: dict[str, Any] = {
-            "model": self.model_path,
-            "tokenizer": self.model_path,
-            "dtype": self.dtype,
-            "max_num_seqs": self.max_batch_size,
+            "model": self.options.model_path,
+            "tokenizer": self.options.model_path,
+            "dtype": self.options.dtype,
+            "max_num_seqs": self.options.max_batch_size,
             "disable_log_stats": True,
             "enable_log_requests": False,  # prompts stay out of the logs unless asked for
             # compact JSON for structured output, as the transformers engine writes it: free
@@ -141,9 +124,9 @@ class VLLMEngine(Engine):
         }
         if self.max_model_len:
             args["max_model_len"] = self.max_model_len
-        if self.lora:
-            args.update(enable_lora=True, max_lora_rank=self.lora[0], max_loras=self.lora[1])
-        args.update(self.engine_args)
+        if self.options.lora:
+            args.update(enable_lora=True, max_lora_rank=self.options.lora[0], max_loras=self.options.lora[1])
+        args.update(self.options.engine_args)
         started = time.monotonic()
         # Two steps, each in a worker thread: vLLM's start blocks for 20-60 s, and the event loop
         # it would block may be serving other models meanwhile (a front hosting co-located
@@ -158,7 +141,7 @@ class VLLMEngine(Engine):
             from vllm import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM  # the engine's own modules: seconds
 
-            return AsyncLLM, AsyncEngineArgs(**args).create_engine_config(), HFTokenizer.load(self.model_path)
+            return AsyncLLM, AsyncEngineArgs(**args).create_engine_config(), HFTokenizer.load(self.options.model_path)
 
         async_llm, vllm_config, self.tokenizer = await loading.exclusive(prepare)
         self.llm = await asyncio.to_thread(
@@ -169,7 +152,7 @@ class VLLMEngine(Engine):
             disable_log_stats=bool(args["disable_log_stats"]),
         )
         self.max_model_len = self.llm.model_config.max_model_len
-        logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.model_path, self.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
+        logger.info("vLLM engine loaded %s (%s, %s) in %.1f s", self.options.model_path, self.options.dtype, "cpu" if cpu else "gpu", time.monotonic() - started)
 
     async def check_health(self) -> None:
         if self.llm is None:
@@ -177,13 +160,7 @@ class VLLMEngine(Engine):
         await self.llm.check_health()
 
     def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine="vllm",
-            reason=self.reason,
-            max_model_len=self.max_model_len or 0,
-            dtype=self.dtype,
-            extra={"max_batch_size": self.max_batch_size, "engine_args": self.engine_args},
-        )
+        return self.options.info("vllm", self.max_model_len, engine_args=self.options.engine_args)
 
     def stats(self) -> dict[str, int | float]:
         in_engine = len(self._running)
