@@ -36,10 +36,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
-from deployments import sse
 from deployments.errors import APIError, ErrorKind
 from deployments.health import STATES, model_states
-from deployments.usage import GENERATED, keep_tail, usage_at_end
+from deployments.usage import UsageTap
 
 PREFIX = "model_server_"
 # LLM requests take seconds to minutes; embedding requests milliseconds.
@@ -143,47 +142,25 @@ class _ModelGauges:
         return [state, running, waiting, kv]
 
 
-class _Exchange:
-    """What the middleware saw of one request/response."""
+class _Exchange(UsageTap):
+    """What the middleware saw of one request/response: the answer's status and usage, and when
+    its generated text came."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.started = time.perf_counter()
         self.finished = self.started
-        self.status: int | None = None
-        self.stream = False
         self.first_text: float | None = None
         self.last_text = 0.0
         self.gaps: list[float] = []
-        self.stream_usage: dict[str, int] | None = None
-        self.tail = b""
 
-    def on_start(self, message) -> None:
-        self.status = message["status"]
-        for name, value in message.get("headers") or []:
-            if name.lower() == b"content-type":
-                self.stream = value.startswith(b"text/event-stream")
-
-    def on_body(self, body: bytes) -> bytes:
-        """Note what the body chunk says; return it as the client should get it."""
-        if not self.stream:
-            self.tail = keep_tail(self.tail, body)
-            return body
-        body, usage = sse.take_usage_comment(body)
-        if usage is not None:
-            self.stream_usage = usage
-        if GENERATED.search(body):
-            now = time.perf_counter()
-            if self.first_text is None:
-                self.first_text = now
-            else:
-                self.gaps.append(now - self.last_text)
-            self.last_text = now
-        return body
-
-    def usage(self) -> dict[str, int] | None:
-        if self.stream:
-            return self.stream_usage
-        return usage_at_end(self.tail)
+    def on_text(self) -> None:
+        now = time.perf_counter()
+        if self.first_text is None:
+            self.first_text = now
+        else:
+            self.gaps.append(now - self.last_text)
+        self.last_text = now
 
 
 class MetricsMiddleware:
@@ -203,10 +180,10 @@ class MetricsMiddleware:
 
         async def observing_send(message) -> None:
             if message["type"] == "http.response.start":
-                exchange.on_start(message)
+                exchange.start(message)
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
-                kept = exchange.on_body(body)
+                kept = exchange.feed(body)
                 if kept is not body:
                     if not kept and message.get("more_body"):
                         return  # the chunk was only the usage comment

@@ -63,15 +63,26 @@ class UsageTap:
             if name.lower() == b"content-type":
                 self.stream = value.startswith(b"text/event-stream")
 
-    def feed(self, body: bytes) -> None:
+    def feed(self, body: bytes) -> bytes:
+        """Note what the body chunk says; return it as the client should get it (a stream's
+        usage comment is for the server's own middleware, and is taken out)."""
         if not self.stream:
             self.tail = keep_tail(self.tail, body)
-            return
-        _, usage = sse.take_usage_comment(body)
+            return body
+        body, usage = sse.take_usage_comment(body)
         if usage is not None:
             self.stream_usage = usage
-        elif GENERATED.search(body):
+        if GENERATED.search(body):
             self.text_chunks += 1
+            self.on_text()
+        return body
+
+    def on_text(self) -> None:
+        """Called for each streamed chunk that carries generated text (a hook for timing)."""
+
+    def usage(self) -> dict[str, int] | None:
+        """The answer's usage as its body says it, or None."""
+        return self.stream_usage if self.stream else usage_at_end(self.tail)
 
     def tokens(self, route_usage: dict[str, int] | None = None) -> int:
         """Tokens to charge: ``route_usage`` (a route's own, ``request.state.usage``), else the
@@ -80,6 +91,6 @@ class UsageTap:
             return 0
         if route_usage:
             return total_tokens(route_usage)
-        if self.stream:
-            return total_tokens(self.stream_usage) if self.stream_usage is not None else self.text_chunks
-        return total_tokens(usage_at_end(self.tail))
+        if self.stream and self.stream_usage is None:
+            return self.text_chunks
+        return total_tokens(self.usage())
