@@ -367,3 +367,16 @@ async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, t
         assert done["status"] == "completed" and done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
     finally:
         await service.close()
+
+
+async def test_empty_lists_match_the_spec(app):
+    """ListFilesResponse requires first_id/last_id as strings; ListBatchesResponse leaves them
+    out (optional, not nullable). A key with nothing yet gets both lists empty."""
+    headers = {"Authorization": f"Bearer {KEY_B}"}
+    files = (await app.http.get("/v1/files", headers=headers)).json()
+    validate(files, "ListFilesResponse")
+    assert files == {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
+    batches = (await app.http.get("/v1/batches", headers=headers)).json()
+    validate(batches, "ListBatchesResponse")
+    assert batches == {"object": "list", "data": [], "has_more": False}
+    assert (await app.clients[KEY_B].files.list()).data == [] and (await app.clients[KEY_B].batches.list()).data == []

@@ -63,9 +63,10 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
 def file_list(rows: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     """``ListFilesResponse``."""
     data = [file_object(r) for r in rows]
+    # the spec requires first_id and last_id as strings (not nullable): "" for an empty list
     return {
-        "object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None, "has_more": has_more,
+        "object": "list", "data": data, "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "", "has_more": has_more,
     }
 
 
@@ -97,10 +98,11 @@ def batch_object(row: dict[str, Any], counts: dict[str, int], usage: dict[str, i
 
 def batch_list(bodies: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     """``ListBatchesResponse``."""
-    return {
+    # first_id and last_id are optional and not nullable in the spec: left out of an empty list
+    return _present({
         "object": "list", "data": bodies, "first_id": bodies[0]["id"] if bodies else None,
         "last_id": bodies[-1]["id"] if bodies else None, "has_more": has_more,
-    }
+    })
 
 
 def output_line(batch_id: str, line: int, custom_id: str | None, status: int | None, body: Any, error: dict | None = None) -> dict[str, Any]:
