@@ -508,3 +508,44 @@ async def test_an_expired_input_of_an_unfinished_batch_is_kept_until_the_batch_i
         assert not clocked.service.storage.fs.exists(clocked.service.storage._path(f.id))
     finally:
         await clocked.close()
+
+
+def _spec_schema(name):
+    from tests.spec import SCHEMAS_PATH
+
+    return json.loads(SCHEMAS_PATH.read_text())["schemas"][name]
+
+
+def test_every_field_the_spec_allows_on_create_is_handled():
+    """Each field of the spec's CreateBatchRequest / CreateFileRequest is a field of ours (so it is
+    honoured or a 400 naming it, never dropped), and the expiry bounds are the spec's."""
+    from deployments.protocol import batch as bp
+
+    assert set(_spec_schema("CreateBatchRequest")["properties"]) == set(bp.CreateBatchRequest.model_fields)
+    assert set(_spec_schema("CreateFileRequest")["properties"]) == {"file", *bp.CreateFileForm.model_fields}
+    for name in ("FileExpirationAfter", "BatchFileExpirationAfter"):
+        spec = _spec_schema(name)["properties"]
+        assert spec["anchor"]["enum"] == ["created_at"]
+        assert (spec["seconds"]["minimum"], spec["seconds"]["maximum"]) == (bp.MIN_EXPIRY_S, bp.MAX_EXPIRY_S)
+
+
+async def test_openapi_documents_the_files_and_batches_routes(app):
+    document = app.asgi.openapi()
+    answers = {
+        ("/v1/files", "post"): "FileObject", ("/v1/files", "get"): "FileList", ("/v1/files/{file_id}", "get"): "FileObject",
+        ("/v1/files/{file_id}", "delete"): "FileDeleted", ("/v1/batches", "post"): "BatchObject",
+        ("/v1/batches", "get"): "BatchList", ("/v1/batches/{batch_id}", "get"): "BatchObject",
+        ("/v1/batches/{batch_id}/cancel", "post"): "BatchObject",
+    }
+    for (path, method), model in answers.items():
+        responses = document["paths"][path][method]["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}, path
+        for status in ("400", "401", "404", "429", "503"):
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]
+    assert list(content["200"]["content"]) == ["application/octet-stream"]
+    assert document["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CreateBatchRequest")
+    form = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
+    assert form["required"] == ["file", "purpose"]
+    assert document["components"]["schemas"]["FileList"]["required"] == ["object", "data", "first_id", "last_id", "has_more"]

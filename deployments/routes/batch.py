@@ -140,7 +140,7 @@ async def file_content(request: Request, file_id: str = FILE_ID) -> Response:
 
 
 @router.delete("/v1/files/{file_id}", responses={200: {"model": bp.FileDeleted}, **ERRORS})
-async def delete_file(request: Request, file_id: str = FILE_ID) -> JSONResponse:
+async def delete_file(request: Request, file_id: str = Path(description=FILE_ID.description, examples=["file-abc456"])) -> JSONResponse:
     """``DeleteFileResponse``."""
     return JSONResponse(await _service(request).delete_file(owner(request), file_id))
 
