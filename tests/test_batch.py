@@ -441,6 +441,13 @@ async def test_an_upload_field_given_twice_or_without_its_file_is_a_400(app):
     assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
     not_a_form = await app.http.post("/v1/files", headers=headers, json={"purpose": "batch"})
     assert not_a_form.status_code == 400 and not_a_form.json()["error"]["param"] == "file"
+    two_files = await app.http.post("/v1/files", headers=headers, data={"purpose": "batch"},
+                                    files=[("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))])
+    assert two_files.status_code == 400 and two_files.json()["error"]["param"] == "file"
+    text_file = await app.http.post("/v1/files", headers=headers, data={"purpose": "batch", "file": "{}"})
+    assert text_file.status_code == 400 and text_file.json()["error"]["param"] == "file"
+    file_purpose = await app.http.post("/v1/files", headers=headers, files=[("file", ("a.jsonl", b"{}\n")), ("purpose", ("p.txt", b"batch"))])
+    assert file_purpose.status_code == 400 and file_purpose.json()["error"]["param"] == "purpose"
 
 
 async def test_output_expires_after_dates_the_output_and_error_files_from_their_creation(app, tmp_path):

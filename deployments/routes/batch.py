@@ -81,7 +81,7 @@ async def read_upload(request: Request) -> tuple[dict[str, Any], str, bytes]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid("Send the file as multipart/form-data, with its bytes in 'file'.", "file", "invalid_content_type")
     try:
-        form = await request.form(max_files=1, max_fields=MAX_FIELDS)
+        form = await request.form(max_files=2, max_fields=MAX_FIELDS)  # 2: a file sent twice, or as a field, is named
     except (StarletteHTTPException, MultiPartException, ValueError, KeyError) as exc:
         raise invalid(f"The multipart body could not be read: {getattr(exc, 'detail', exc)}", "file") from None
     fields: dict[str, Any] = {}
@@ -91,6 +91,8 @@ async def read_upload(request: Request) -> tuple[dict[str, Any], str, bytes]:
             if key == "file":
                 if not isinstance(value, UploadFile):
                     raise invalid("'file' must be a file upload (the JSONL's bytes), not a text field.", "file")
+                if upload is not None:
+                    raise invalid("'file' is given more than once: one file per upload.", "file")
                 upload = (value.filename or "upload.jsonl", await value.read())
             elif isinstance(value, UploadFile):
                 raise invalid(f"'{key}' must be a text field, not a file.", key.split("[")[0])
