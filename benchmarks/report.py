@@ -139,8 +139,35 @@ def audio_targets(results: dict) -> list[Target]:
     ]
 
 
+def _batch_paths(results: dict) -> tuple[dict, dict, dict]:
+    """The batch part's chat and embeddings sub-parts, and the chat batch's online probe."""
+    part = results.get("batch") or {}
+    chat, emb = part.get("chat") or {}, part.get("embeddings") or {}
+    return chat, emb, (chat.get("graph") or {}).get("online_c1") or {}
+
+
+def batch_targets(results: dict) -> list[Target]:
+    """Issue 15: the Batch API against vLLM's run_batch and raw encode, and online traffic beside it."""
+    chat, emb, online = _batch_paths(results)
+    graph, vllm = chat.get("graph") or {}, chat.get("vllm_run_batch") or {}
+    idle, busy = online.get("idle") or {}, online.get("during_batch") or {}
+    why_chat, why_emb = _why(results, "batch", "chat"), _why(results, "batch", "embeddings")
+    refused = [d["rate_limited"] for d in (idle, busy) if "rate_limited" in d]
+    return [
+        Target("chat batch through `/v1/batches` / vLLM `run_batch` on the same file, output tok/s",
+               ratio(graph.get("tokens_per_s"), vllm.get("tokens_per_s")), 0.9, why_missing=why_chat),
+        Target("embeddings batch through `/v1/batches` / raw `SentenceTransformer.encode`, sentences/s",
+               ratio((emb.get("graph") or {}).get("lines_per_s"), (emb.get("raw") or {}).get("sentences_per_s")), 0.8,
+               why_missing=why_emb),
+        Target("online c=1 chat TTFT p50 while the chat batch runs / idle", ratio(busy.get("ttft_p50_s"), idle.get("ttft_p50_s")),
+               2.0, "max_ratio", why_chat if not online else "no online TTFT during the batch in this run"),
+        Target("online requests refused with 429 while the chat batch runs (and before it)", sum(refused) if refused else None,
+               0, "max_count", why_chat if not online else "no online probe in this run"),
+    ]
+
+
 def targets(results: dict) -> list[Target]:
-    return chat_targets(results) + embedding_targets(results) + audio_targets(results)
+    return chat_targets(results) + embedding_targets(results) + audio_targets(results) + batch_targets(results)
 
 
 def _run_line(part: dict) -> str:
@@ -336,6 +363,48 @@ def render_audio(results: dict) -> list[str]:
     return lines
 
 
+def _lines_run(sub: dict, planned) -> int:
+    """The lines the graph's batch had (a quick run has fewer than the settings say)."""
+    graph = sub.get("graph") or {}
+    return graph["lines"] + graph.get("failed", 0) if "lines" in graph else planned
+
+
+def _batch_rows(chat: dict, emb: dict) -> list[list]:
+    rows = []
+    for label, r in (("graph `/v1/batches`, chat", chat.get("graph")), ("vLLM `run_batch`, chat", chat.get("vllm_run_batch")),
+                     ("graph `/v1/batches`, embeddings", emb.get("graph"))):
+        if isinstance(r, dict) and "wall_s" in r:
+            rows.append([label, r.get("lines"), r.get("failed", "–"), r["wall_s"], r.get("lines_per_s"), r.get("tokens_per_s")])
+    raw = emb.get("raw") or {}
+    if raw.get("sentences_per_s"):
+        rows.append([f"raw `SentenceTransformer.encode`, batches of {raw.get('batch_size')}", raw.get("sentences"), "–",
+                     raw.get("wall_s"), raw["sentences_per_s"], "–"])
+    return rows
+
+
+def render_batch(results: dict) -> list[str]:
+    part, lines = _section(results, "batch", "Batch API")
+    if part is None:
+        return lines
+    s, (chat, emb, online) = part.get("settings", {}), _batch_paths(results)
+    lines += [(f"{_lines_run(chat, s.get('chat_lines'))} chat lines ({s.get('max_tokens')} new tokens each, greedy, ignore_eos) as one batch "
+               f"through `/v1/batches` on `serve_config.yaml` (`batch.concurrency` {s.get('concurrency')}), from `batches.create` "
+               "to `completed`, against vLLM's `python -m vllm.entrypoints.openai.run_batch` on the same file, model folder and "
+               f"engine arguments (its engine start, a one-line run, taken off); {_lines_run(emb, s.get('sentences'))} sentences, one per line, as "
+               "an embeddings batch against raw `SentenceTransformer.encode` (`benchmarks/batch.py`)."), ""]
+    lines += _failures([("chat batch", chat), ("embeddings batch", emb)])
+    rows = _batch_rows(chat, emb)
+    if rows:
+        lines += table(["path", "lines", "failed lines", "wall (s)", "lines/s", "output tok/s"], rows)
+    probes = [(label, online[key]) for label, key in (("idle, before the batch", "idle"), ("while the chat batch runs", "during_batch"))
+              if isinstance(online.get(key), dict)]
+    if probes:
+        lines += ["", "Online streamed chat requests at c=1, one after another (time to first token, and 429s):", ""]
+        lines += table(["online c=1 chat", "requests", "TTFT p50 (s)", "TTFT max (s)", "429s"],
+                       [[label, p.get("n"), p.get("ttft_p50_s"), p.get("ttft_max_s"), p.get("rate_limited")] for label, p in probes])
+    return lines
+
+
 def render_coldstart(results: dict) -> list[str]:
     cold = results.get("coldstart")
     if not cold:
@@ -359,7 +428,8 @@ def render(results: dict, plot: str | None = None, plot_note: str | None = None,
     lines += table(["target", "measured", "asked", "verdict"],
                    [[t.name, t.shown_value(), t.shown_target(), t.verdict()] for t in targets(results)])
     lines += ["", *render_default_config(results, before), "", *render_chat(results, plot, plot_note), "",
-              *render_embeddings(results), "", *render_audio(results), "", *render_coldstart(results), END]
+              *render_embeddings(results), "", *render_audio(results), "", *render_batch(results), "",
+              *render_coldstart(results), END]
     return "\n".join(lines)
 
 

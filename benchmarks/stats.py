@@ -33,8 +33,9 @@ class Target:
     """One target of the issue, checked against a value measured in one run.
 
     ``kind`` is ``"ratio"`` (value is a ratio like 0.88, shown as ``0.88x``, target a minimum),
-    ``"max_ms"`` (value in milliseconds, target a maximum, e.g. an overhead) or ``"max_s"``
-    (seconds, a maximum, e.g. a start-up time).
+    ``"max_ratio"`` (a ratio, target a maximum, e.g. a slow-down), ``"max_ms"`` (value in
+    milliseconds, target a maximum, e.g. an overhead), ``"max_s"`` (seconds, a maximum, e.g. a
+    start-up time) or ``"max_count"`` (a number of events, a maximum, e.g. refusals).
     """
 
     name: str
@@ -58,14 +59,22 @@ class Target:
     def shown_value(self) -> str:
         if not self.measured:
             return "–"
-        return f"{self.value:.2f}x" if self.kind == "ratio" else f"{self.value:.1f} {self._unit}"
+        if self.kind in ("ratio", "max_ratio"):
+            return f"{self.value:.2f}x"
+        if self.kind == "max_count":
+            return f"{self.value:g}"
+        return f"{self.value:.1f} {self._unit}"
 
     def shown_target(self) -> str:
-        return f">= {self.threshold:g}x" if self.kind == "ratio" else f"<= {self.threshold:g} {self._unit}"
+        if self.kind == "ratio":
+            return f">= {self.threshold:g}x"
+        if self.kind == "max_ratio":
+            return f"<= {self.threshold:g}x"
+        return f"<= {self.threshold:g}" + (f" {self._unit}" if self._unit else "")
 
     @property
     def _unit(self) -> str:
-        return "s" if self.kind == "max_s" else "ms"
+        return {"max_s": "s", "max_ms": "ms"}.get(self.kind, "")
 
     def verdict(self) -> str:
         """'met', or 'missed by ...' with how far off it is, or why it was not measured."""
@@ -76,6 +85,10 @@ class Target:
         if self.kind == "ratio":
             short = (self.threshold - self.value) / self.threshold * 100
             return f"missed by {short:.0f}% ({self.value:.2f}x of the {self.threshold:g}x asked)"
+        if self.kind == "max_ratio":
+            return f"missed: {self.value:.2f}x, over the {self.threshold:g}x allowed"
+        if self.kind == "max_count":
+            return f"missed: {self.value:g}, over the {self.threshold:g} allowed"
         return f"missed by {self.value - self.threshold:.1f} {self._unit}"
 
 

@@ -367,3 +367,192 @@ async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, t
         assert done["status"] == "completed" and done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
     finally:
         await service.close()
+
+
+async def test_empty_lists_match_the_spec(app):
+    """ListFilesResponse requires first_id/last_id as strings; ListBatchesResponse leaves them
+    out (optional, not nullable). A key with nothing yet gets both lists empty."""
+    headers = {"Authorization": f"Bearer {KEY_B}"}
+    files = (await app.http.get("/v1/files", headers=headers)).json()
+    validate(files, "ListFilesResponse")
+    assert files == {"object": "list", "data": [], "first_id": "", "last_id": "", "has_more": False}
+    batches = (await app.http.get("/v1/batches", headers=headers)).json()
+    validate(batches, "ListBatchesResponse")
+    assert batches == {"object": "list", "data": [], "has_more": False}
+    assert (await app.clients[KEY_B].files.list()).data == [] and (await app.clients[KEY_B].batches.list()).data == []
+
+
+def shifted_app(app, tmp_path, name):
+    """A second front and service on their own folder, whose clock ``shift["s"]`` moves on."""
+    shift = {"s": 0.0}
+    clocked = App(app.router, BatchConfig(storage=str(tmp_path / f"{name}-files"), db_path=str(tmp_path / f"{name}.db"), concurrency=2))
+    clocked.service.runner.clock = clocked.service.clock = lambda: time.time() + shift["s"]
+    return clocked, shift
+
+
+async def test_an_uploaded_file_expires_after_its_expires_after(app, tmp_path):
+    clocked, shift = shifted_app(app, tmp_path, "expiry")
+    try:
+        client = clocked.clients[KEY_A]
+        data = jsonl([line("x", "/v1/completions", {"model": "fake-llm", "prompt": "a"})])
+        f = await client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch",
+                                      expires_after={"anchor": "created_at", "seconds": 3600})
+        validate(f.model_dump(exclude_unset=True), "OpenAIFile")
+        assert f.expires_at == f.created_at + 3600
+        kept = await upload(client, data)  # no expires_after: kept until deleted
+        assert kept.expires_at is None
+        assert {x.id for x in (await client.files.list()).data} == {f.id, kept.id}
+        shift["s"] = 3601
+        assert [x.id for x in (await client.files.list()).data] == [kept.id]
+        for call in (client.files.retrieve, client.files.content, client.files.delete):
+            with pytest.raises(openai.NotFoundError):
+                await call(f.id)
+        with pytest.raises(openai.NotFoundError):  # an expired file is no batch's input
+            await client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
+        assert f.id not in clocked.service.store.expired_files(float("inf"))  # its row is gone
+        assert not clocked.service.storage.fs.exists(clocked.service.storage._path(f.id))  # purged, not just hidden
+        assert (await client.files.content(kept.id)).content == data
+    finally:
+        await clocked.close()
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3599"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592001"}, "expires_after.seconds"),
+    ({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"}, "expires_after.anchor"),
+    ({"expires_after[seconds]": "3600"}, "expires_after.anchor"),
+    ({"expires_after": "3600"}, "expires_after"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600", "expires_after[days]": "1"}, "expires_after.days"),
+    ({"filename": "other.jsonl"}, "filename"),
+])
+async def test_an_upload_with_a_bad_or_unknown_field_is_a_400_naming_it(app, fields, param):
+    r = await app.http.post("/v1/files", headers={"Authorization": f"Bearer {KEY_A}"},
+                            files={"file": ("in.jsonl", b"{}\n")}, data={"purpose": "batch", **fields})
+    assert r.status_code == 400, r.text
+    validate(r.json(), "ErrorResponse")
+    assert r.json()["error"]["param"] == param
+
+
+async def test_an_upload_field_given_twice_or_without_its_file_is_a_400(app):
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    twice = await app.http.post("/v1/files", headers=headers, files=[("file", ("a.jsonl", b"{}\n")), ("purpose", (None, "batch")), ("purpose", (None, "batch"))])
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "purpose"
+    no_file = await app.http.post("/v1/files", headers=headers, files=[("purpose", (None, "batch"))])
+    assert no_file.status_code == 400 and no_file.json()["error"]["param"] == "file"
+    not_a_form = await app.http.post("/v1/files", headers=headers, json={"purpose": "batch"})
+    assert not_a_form.status_code == 400 and not_a_form.json()["error"]["param"] == "file"
+    two_files = await app.http.post("/v1/files", headers=headers, data={"purpose": "batch"},
+                                    files=[("file", ("a.jsonl", b"{}\n")), ("file", ("b.jsonl", b"{}\n"))])
+    assert two_files.status_code == 400 and two_files.json()["error"]["param"] == "file"
+    text_file = await app.http.post("/v1/files", headers=headers, data={"purpose": "batch", "file": "{}"})
+    assert text_file.status_code == 400 and text_file.json()["error"]["param"] == "file"
+    file_purpose = await app.http.post("/v1/files", headers=headers, files=[("file", ("a.jsonl", b"{}\n")), ("purpose", ("p.txt", b"batch"))])
+    assert file_purpose.status_code == 400 and file_purpose.json()["error"]["param"] == "purpose"
+
+
+async def test_output_expires_after_dates_the_output_and_error_files_from_their_creation(app, tmp_path):
+    clocked, shift = shifted_app(app, tmp_path, "output-expiry")
+    try:
+        client = clocked.clients[KEY_A]
+        url = "/v1/completions"
+        f = await upload(client, jsonl([line("ok", url, {"model": "fake-llm", "prompt": "ab"}), line("bad", url, {"model": "nope", "prompt": "a"})]))
+        batch = await client.batches.create(input_file_id=f.id, endpoint=url, completion_window="24h",
+                                            output_expires_after={"anchor": "created_at", "seconds": 7200})
+        done, seen = await wait_done(client, batch.id)
+        assert done.status == "completed", seen
+        validate(done.model_dump(exclude_unset=True), "Batch")
+        for file_id in (done.output_file_id, done.error_file_id):
+            out = await client.files.retrieve(file_id)
+            validate(out.model_dump(exclude_unset=True), "OpenAIFile")
+            assert out.purpose == "batch_output" and out.expires_at == out.created_at + 7200
+            assert out.created_at >= done.created_at  # anchored at the file's creation, not the batch's
+        shift["s"] = 7201 + (done.completed_at - done.created_at)
+        for file_id in (done.output_file_id, done.error_file_id):
+            with pytest.raises(openai.NotFoundError):
+                await client.files.content(file_id)
+        assert {x.id for x in (await client.files.list()).data} == {f.id}
+    finally:
+        await clocked.close()
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 60}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 30 * 86400 + 1}}, "output_expires_after.seconds"),
+    ({"output_expires_after": {"anchor": "completed_at", "seconds": 3600}}, "output_expires_after.anchor"),
+    ({"output_expires_after": {"seconds": 3600}}, "output_expires_after.anchor"),
+    ({"output_expires_after": {"anchor": "created_at", "seconds": 3600, "x": 1}}, "output_expires_after.x"),
+    ({"metadata": {"k" * 65: "v"}}, "metadata"),
+    ({"metadata": {"k": "v" * 513}}, "metadata"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"endpoint": "/v1/responses"}, "endpoint"),
+    ({"endpoint": "/v1/moderations"}, "endpoint"),
+    ({"completion_window": "1h"}, "completion_window"),
+    ({"bogus": 1}, "bogus"),
+])
+async def test_batch_create_fields_the_server_cannot_honour_are_a_400_naming_them(app, extra, param):
+    body = {"input_file_id": "file-x", "endpoint": "/v1/completions", "completion_window": "24h", **extra}
+    r = await app.http.post("/v1/batches", headers={"Authorization": f"Bearer {KEY_A}"}, json=body)
+    assert r.status_code == 400, r.text
+    validate(r.json(), "ErrorResponse")
+    assert r.json()["error"]["param"].split(".")[0] == param.split(".")[0]
+    if "." in param:
+        assert r.json()["error"]["param"] == param
+
+
+async def test_an_expired_input_of_an_unfinished_batch_is_kept_until_the_batch_is_done(app, tmp_path):
+    clocked, shift = shifted_app(app, tmp_path, "input-expiry")
+    try:
+        client = clocked.clients[KEY_A]
+        f = await client.files.create(file=("in.jsonl", io.BytesIO(slow_lines(12))), purpose="batch",
+                                      expires_after={"anchor": "created_at", "seconds": 3600})
+        batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        shift["s"] = 3601
+        await upload(client, slow_lines(1))  # an upload purges expired files
+        assert clocked.service.storage.fs.exists(clocked.service.storage._path(f.id))
+        done, seen = await wait_done(client, batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 12, seen
+        await client.files.list()
+        assert not clocked.service.storage.fs.exists(clocked.service.storage._path(f.id))
+    finally:
+        await clocked.close()
+
+
+def _spec_schema(name):
+    from tests.spec import SCHEMAS_PATH
+
+    return json.loads(SCHEMAS_PATH.read_text())["schemas"][name]
+
+
+def test_every_field_the_spec_allows_on_create_is_handled():
+    """Each field of the spec's CreateBatchRequest / CreateFileRequest is a field of ours (so it is
+    honoured or a 400 naming it, never dropped), and the expiry bounds are the spec's."""
+    from deployments.protocol import batch as bp
+
+    assert set(_spec_schema("CreateBatchRequest")["properties"]) == set(bp.CreateBatchRequest.model_fields)
+    assert set(_spec_schema("CreateFileRequest")["properties"]) == {"file", *bp.CreateFileForm.model_fields}
+    for name in ("FileExpirationAfter", "BatchFileExpirationAfter"):
+        spec = _spec_schema(name)["properties"]
+        assert spec["anchor"]["enum"] == ["created_at"]
+        assert (spec["seconds"]["minimum"], spec["seconds"]["maximum"]) == (bp.MIN_EXPIRY_S, bp.MAX_EXPIRY_S)
+
+
+async def test_openapi_documents_the_files_and_batches_routes(app):
+    document = app.asgi.openapi()
+    answers = {
+        ("/v1/files", "post"): "FileObject", ("/v1/files", "get"): "FileList", ("/v1/files/{file_id}", "get"): "FileObject",
+        ("/v1/files/{file_id}", "delete"): "FileDeleted", ("/v1/batches", "post"): "BatchObject",
+        ("/v1/batches", "get"): "BatchList", ("/v1/batches/{batch_id}", "get"): "BatchObject",
+        ("/v1/batches/{batch_id}/cancel", "post"): "BatchObject",
+    }
+    for (path, method), model in answers.items():
+        responses = document["paths"][path][method]["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}, path
+        for status in ("400", "401", "404", "429", "503"):
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    content = document["paths"]["/v1/files/{file_id}/content"]["get"]["responses"]
+    assert list(content["200"]["content"]) == ["application/octet-stream"]
+    assert document["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/CreateBatchRequest")
+    form = document["paths"]["/v1/files"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["properties"]) == {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
+    assert form["required"] == ["file", "purpose"]
+    assert document["components"]["schemas"]["FileList"]["required"] == ["object", "data", "first_id", "last_id", "has_more"]

@@ -210,3 +210,75 @@ def test_default_config_targets_and_section():
     assert "| vLLM's own server | 1 | 17.0 | 0.2 |" in text
     assert "| before the fast path (float32): graph | 32 | 60.0 | 9.0 |" in text
     assert "Start to healthy in this run: the default config 70.0 s; vLLM's own server 45.0 s." in text
+
+
+def batch_part() -> dict:
+    """The batch part as ``benchmarks.run`` records it (``benchmarks/batch.py``'s rows)."""
+    online = {"idle": {"n": 5, "ttft_p50_s": 0.2, "ttft_max_s": 0.3, "rate_limited": 0},
+              "during_batch": {"n": 5, "ttft_p50_s": 0.5, "ttft_max_s": 0.9, "rate_limited": 0}}
+    return {"machine": "2 cores (test CPU)", "date": "2026-01-02 00:00 UTC", "command": "python -m benchmarks.run --only batch",
+            "settings": {"chat_lines": 512, "max_tokens": 64, "sentences": 10000, "concurrency": 64, "quick": False},
+            "chat": {"graph": {"status": "completed", "lines": 512, "failed": 0, "wall_s": 40.0, "lines_per_s": 12.8,
+                               "tokens": 32768, "tokens_per_s": 819.2, "online_c1": online, "online_ttft_ratio": 2.5, "concurrency": 64},
+                     "vllm_run_batch": {"lines": 512, "tokens": 32768, "wall_s": 38.0, "start_s": 20.0, "tokens_per_s": 862.3, "lines_per_s": 13.47},
+                     "ratio": 0.95},
+            "embeddings": {"graph": {"status": "completed", "lines": 10000, "failed": 0, "wall_s": 14.3, "lines_per_s": 700.0, "concurrency": 64},
+                           "raw": {"sentences": 10000, "batch_size": 64, "torch_threads": 2, "wall_s": 10.0, "sentences_per_s": 1000.0},
+                           "ratio": 0.7}}
+
+
+def test_max_ratio_and_max_count_target_verdicts():
+    slow = Target("t", 2.5, 2.0, "max_ratio")
+    assert slow.met is False and slow.shown_value() == "2.50x" and slow.shown_target() == "<= 2x"
+    assert slow.verdict() == "missed: 2.50x, over the 2x allowed"
+    assert Target("t", 1.5, 2.0, "max_ratio").verdict() == "met"
+    assert Target("n", 0, 0, "max_count").verdict() == "met"
+    refused = Target("n", 3, 0, "max_count")
+    assert refused.shown_value() == "3" and refused.shown_target() == "<= 0" and refused.verdict() == "missed: 3, over the 0 allowed"
+
+
+def test_batch_targets_and_section():
+    results = {**synthetic(), "batch": batch_part()}
+    by_name = {t.name: t for t in report.targets(results)}
+    chat = by_name["chat batch through `/v1/batches` / vLLM `run_batch` on the same file, output tok/s"]
+    assert chat.value == pytest.approx(819.2 / 862.3) and chat.met
+    emb = by_name["embeddings batch through `/v1/batches` / raw `SentenceTransformer.encode`, sentences/s"]
+    assert emb.value == pytest.approx(0.7) and emb.verdict() == "missed by 13% (0.70x of the 0.8x asked)"
+    ttft = by_name["online c=1 chat TTFT p50 while the chat batch runs / idle"]
+    assert ttft.value == pytest.approx(2.5) and ttft.met is False
+    assert by_name["online requests refused with 429 while the chat batch runs (and before it)"].verdict() == "met"
+    text = report.render(results)
+    assert "### Batch API" in text and "Run 2026-01-02 00:00 UTC on 2 cores (test CPU): `python -m benchmarks.run --only batch`." in text
+    assert "512 chat lines (64 new tokens each" in text and "10000 sentences, one per line" in text
+    assert "| graph `/v1/batches`, chat | 512 | 0 | 40.0 | 12.8 | 819.2 |" in text
+    assert "| vLLM `run_batch`, chat | 512 | – | 38.0 | 13.47 | 862.3 |" in text
+    assert "| graph `/v1/batches`, embeddings | 10000 | 0 | 14.3 | 700.0 | – |" in text
+    assert "| raw `SentenceTransformer.encode`, batches of 64 | 10000 | – | 10.0 | 1000.0 | – |" in text
+    assert "| while the chat batch runs | 5 | 0.5 | 0.9 | 0 |" in text
+    assert text.index("### Batch API") < text.index("### Cold start")
+
+
+def test_a_failed_or_missing_batch_part_says_why():
+    results = {**synthetic(), "batch": {**batch_part(), "chat": {"error": "TimeoutError: batch still in_progress\nmore"}}}
+    by_name = {t.name: t for t in report.targets(results)}
+    for name in ("chat batch through `/v1/batches` / vLLM `run_batch` on the same file, output tok/s",
+                 "online c=1 chat TTFT p50 while the chat batch runs / idle",
+                 "online requests refused with 429 while the chat batch runs (and before it)"):
+        assert by_name[name].verdict() == "not measured: TimeoutError: batch still in_progress"
+    text = report.render(results)
+    assert "**chat batch: not measured.** TimeoutError: batch still in_progress" in text
+    assert "| graph `/v1/batches`, embeddings |" in text
+    assert "Not run yet: `make bench BENCH_ARGS='--only batch'`." in report.render(synthetic())
+    missing = {t.name: t for t in report.targets(synthetic())}
+    assert missing["embeddings batch through `/v1/batches` / raw `SentenceTransformer.encode`, sentences/s"].verdict() == (
+        "not measured: the batch part was not run (`make bench BENCH_ARGS='--only batch'`)")
+
+
+def test_a_quick_batch_run_says_how_many_lines_it_had():
+    part = batch_part()
+    part["settings"]["quick"] = True
+    part["chat"]["graph"].update(lines=30, failed=2)
+    part["embeddings"]["graph"]["lines"] = 500
+    text = report.render({"batch": part})
+    assert "32 chat lines (64 new tokens each" in text and "500 sentences, one per line" in text
+    assert "**Quick smoke run (`--quick`)" in text

@@ -1,14 +1,20 @@
 """Fuzzing: schemathesis against the app's own OpenAPI document, and property tests.
 
 The app is the real ingress over ASGI with the fake-engine LLM server (as `smollm2-135m-instruct`,
-the id the schema's examples use) and the real MiniLM embedding server. Checked for every
-generated request: never a 5xx, the status code is one the schema documents, the content type
-and the body match the schema for that status.
+the id the schema's examples use) and the real MiniLM embedding server, and the Files and Batches
+routes over an in-process batch service in a temporary folder, seeded with the files and the
+finished batch the schema's examples name (`file-abc123`, `file-abc456`, `batch_abc123`), so the
+explicit examples reach their 200 answers. Checked for every generated request: never a 5xx, the
+status code is one the schema documents, the content type and the body match the schema for
+that status.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
+import time
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +30,10 @@ from schemathesis.checks import (
 from deployments import protocol
 from deployments.api import create_app
 from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
-from deployments.config import EmbeddingConfig, LLMConfig
+from deployments.batch.execute import execute_line
+from deployments.batch.runner import output_file_id
+from deployments.batch.service import BatchService
+from deployments.config import BatchConfig, EmbeddingConfig, LLMConfig, ServerConfig
 from deployments.embedding_server import EmbeddingServer
 from deployments.engines.fake import FakeEngine
 from deployments.errors import APIError
@@ -43,7 +52,34 @@ def _app():
 
     llm, embed = asyncio.run(build())
     router = Router([ModelRoute(llm.config.id, LLM, LocalHandle(llm)), ModelRoute(embed.config.id, EMBEDDING, LocalHandle(embed))])
-    return create_app(router)
+    return create_app(router, batch=_batch_service(router))
+
+
+def _batch_service(router: Router) -> BatchService:
+    """The Batch API in a temporary folder, with the examples' ids in it: two input files and a
+    completed batch over the first, with its output file (the server is open: owner "")."""
+    folder = tempfile.mkdtemp(prefix="fuzz-batch-")
+
+    async def execute(endpoint, body, models):
+        return await execute_line(router, ServerConfig(), endpoint, body, models)
+
+    service = BatchService(BatchConfig(storage=f"{folder}/files", db_path=f"{folder}/batch.db"), execute)
+    body = {"model": "all-minilm-l6-v2", "input": "hello"}
+    data = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": body}).encode() + b"\n"
+    for file_id in ("file-abc123", "file-abc456"):
+        service.storage.put(file_id, data)
+        service.store.add_file(file_id, "", "in.jsonl", "batch", len(data), 1)
+    now, out = int(time.time()), output_file_id("batch_abc123", "output")
+    status, answer = asyncio.run(execute("/v1/embeddings", body, None))
+    service.store.record("batch_abc123", 0, "a", status == 200, {"id": "batch_req_a", "custom_id": "a", "response": {"status_code": status, "body": answer}, "error": None})
+    service.storage.put(out, data)
+    service.store.add_file(out, "", "batch_abc123_output.jsonl", "batch_output", len(data), 1, now, now + 3600)
+    service.store.add_batch({
+        "id": "batch_abc123", "endpoint": "/v1/embeddings", "input_file_id": "file-abc123", "completion_window": "24h",
+        "status": "completed", "created_at": now, "in_progress_at": now, "finalizing_at": now, "completed_at": now,
+        "expires_at": now + 86400, "output_file_id": out, "model": body["model"], "metadata": {"job": "fuzz"}, "total": 1,
+    }, "", None)
+    return service
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

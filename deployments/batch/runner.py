@@ -251,7 +251,9 @@ class Runner:
             data = ("\n".join(results) + "\n").encode()
             file_id = output_file_id(batch_id, which)
             self.storage.put(file_id, data)
-            self.store.add_file(file_id, owner, f"{batch_id}_{which}.jsonl", "batch_output", len(data), len(results))
+            now = self._now()  # output_expires_after's anchor is the file's creation, not the batch's
+            self.store.add_file(file_id, owner, f"{batch_id}_{which}.jsonl", "batch_output", len(data), len(results),
+                                now, bp.expiry(now, row.get("output_expires_after")))
             fields[name] = file_id
         completed, failed, _, _ = self.store.counts(batch_id)
         self.store.update_batch(batch_id, status=final, **{stamp: self._now()}, **fields)

@@ -49,7 +49,10 @@ class BatchService:
         self.store.close()
 
     # ------------------------------------------------------------------ files
-    async def create_file(self, owner: str, filename: str, purpose: str, data: bytes) -> dict[str, Any]:
+    async def create_file(self, owner: str, filename: str, purpose: str, data: bytes,
+                          expires_after: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An uploaded input file; ``expires_after`` (``{"anchor": "created_at", "seconds": n}``)
+        gives it an ``expires_at``, after which it is no longer listed or served."""
         if purpose != "batch":
             raise invalid(f"Invalid value for 'purpose': this server keeps files for the Batch API only, so purpose must be 'batch' (got {purpose!r}).", "purpose", "invalid_value")
         limit = self.config.max_file_bytes
@@ -60,23 +63,41 @@ class BatchService:
             raise invalid(f"The file has {lines} request lines; the limit (batch.max_lines) is {self.config.max_lines}.", "file", "too_many_lines")
         if lines == 0:
             raise invalid("The file has no request lines (JSONL, one request per line).", "file", "empty_file")
+        try:
+            now = int(self.clock())
+            expires_at = bp.expiry(now, expires_after)
+        except ValidationError as exc:
+            raise online.validation_error([{**e, "loc": ("expires_after", *e["loc"])} for e in exc.errors()]) from None
+        self._purge()
         file_id = bp.new_file_id()
         self.storage.put(file_id, data)
-        return bp.file_object(self.store.add_file(file_id, owner, filename or "upload.jsonl", purpose, len(data), lines))
+        row = self.store.add_file(file_id, owner, filename or "upload.jsonl", purpose, len(data), lines, now, expires_at)
+        return bp.file_object(row)
 
     async def list_files(self, owner: str, purpose: str | None = None, after: str | None = None, limit: int = 10000, order: str = "desc") -> dict[str, Any]:
         if not 1 <= limit <= 10000:
             raise invalid("Invalid value for 'limit': between 1 and 10000.", "limit", "invalid_value")
         if order not in ("asc", "desc"):
             raise invalid("Invalid value for 'order': 'asc' or 'desc'.", "order", "invalid_value")
-        rows, more = self.store.files(owner, purpose, after, limit, order)
+        self._purge()
+        rows, more = self.store.files(owner, purpose, after, limit, order, self.clock())
         return bp.file_list(rows, more)
 
     def _file(self, owner: str, file_id: str, param: str = "file_id") -> dict[str, Any]:
         row = self.store.file(file_id, owner)
-        if row is None:
+        if row is None or bp.expired(row, self.clock()):
             raise _not_found("file", file_id, param)
         return row
+
+    def _purge(self) -> None:
+        """Delete the expired files, but for the inputs of unfinished batches (a resumed batch
+        reads its input again); those go once their batch is done."""
+        expired = self.store.expired_files(self.clock())
+        inputs = {b["input_file_id"] for b in self.store.active_batches(bp.ACTIVE)} if expired else set()
+        for file_id in expired:
+            if file_id not in inputs:
+                self.store.delete_file(file_id)
+                self.storage.delete(file_id)
 
     async def get_file(self, owner: str, file_id: str) -> dict[str, Any]:
         return bp.file_object(self._file(owner, file_id))
@@ -105,6 +126,7 @@ class BatchService:
             "id": bp.new_batch_id(), "endpoint": request.endpoint, "input_file_id": request.input_file_id,
             "completion_window": request.completion_window, "status": bp.VALIDATING, "created_at": now,
             "expires_at": now + bp.COMPLETION_WINDOW_S, "metadata": request.metadata, "total": source["lines"] or 0,
+            "output_expires_after": request.output_expires_after.model_dump() if request.output_expires_after else None,
         }
         self.store.add_batch(row, owner, models)
         self.runner.launch(row["id"])

@@ -54,11 +54,12 @@ class Store:
             return self._db.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------------ files
-    def add_file(self, id: str, owner: str, filename: str, purpose: str, size: int, lines: int | None) -> dict[str, Any]:
-        now = int(time.time())
+    def add_file(self, id: str, owner: str, filename: str, purpose: str, size: int, lines: int | None,
+                 created_at: int | None = None, expires_at: int | None = None) -> dict[str, Any]:
+        created_at = int(time.time()) if created_at is None else created_at
         self._q(
-            "INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, lines, created_at) VALUES (?,?,?,?,?,?,?)",
-            (id, owner, filename, purpose, size, lines, now),
+            "INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, lines, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?)",
+            (id, owner, filename, purpose, size, lines, created_at, expires_at),
         )
         return self.file(id, owner)
 
@@ -66,8 +67,9 @@ class Store:
         rows = self._q("SELECT * FROM files WHERE id=? AND owner=?", (id, owner))
         return dict(rows[0]) if rows else None
 
-    def files(self, owner: str, purpose: str | None, after: str | None, limit: int, order: str) -> tuple[list[dict], bool]:
-        sql, args = "SELECT * FROM files WHERE owner=?", [owner]
+    def files(self, owner: str, purpose: str | None, after: str | None, limit: int, order: str, now: float) -> tuple[list[dict], bool]:
+        """A page of the owner's files that have not expired by ``now``."""
+        sql, args = "SELECT * FROM files WHERE owner=? AND (expires_at IS NULL OR expires_at > ?)", [owner, now]
         if purpose:
             sql, args = sql + " AND purpose=?", args + [purpose]
         op = ">" if order == "asc" else "<"
@@ -78,7 +80,14 @@ class Store:
         rows = [dict(r) for r in self._q(sql, tuple(args + [limit + 1]))]
         return rows[:limit], len(rows) > limit
 
-    def delete_file(self, id: str, owner: str) -> bool:
+    def expired_files(self, now: float) -> list[str]:
+        """The ids of every owner's files expired by ``now``."""
+        return [r["id"] for r in self._q("SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?", (now,))]
+
+    def delete_file(self, id: str, owner: str | None = None) -> bool:
+        if owner is None:
+            with self._lock:
+                return self._db.execute("DELETE FROM files WHERE id=?", (id,)).rowcount > 0
         with self._lock:
             return self._db.execute("DELETE FROM files WHERE id=? AND owner=?", (id, owner)).rowcount > 0
 

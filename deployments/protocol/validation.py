@@ -26,6 +26,7 @@ def param_path(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+_LOCATIONS = ("query", "path", "header", "cookie")
 # discriminated unions put the member's tag after the field name
 _UNION_TAGS = {fmt: {"text", "json_object", "json_schema"} for fmt in ("response_format", "format")}
 
@@ -33,6 +34,8 @@ _UNION_TAGS = {fmt: {"text", "json_object", "json_schema"} for fmt in ("response
 def _path_parts(loc: tuple[Any, ...]):
     previous: Any = None
     listed: Any = None  # the field an index indexes (messages in messages[0])
+    if loc and loc[0] in _LOCATIONS:  # FastAPI's where-it-came-from: ("query", "limit") is "limit"
+        loc = loc[1:]
     for part in loc:
         tag = part in _UNION_TAGS.get(previous, ()) if isinstance(previous, str) else False
         item_tag = isinstance(previous, int) and listed in _ITEM_LISTS

@@ -29,6 +29,7 @@ ROOTS = [
     "CreateTranslationResponseJson", "CreateTranslationResponseVerboseJson",
     "TranscriptTextDeltaEvent", "TranscriptTextDoneEvent",
     "OpenAIFile", "ListFilesResponse", "DeleteFileResponse", "Batch", "ListBatchesResponse", "CreateBatchRequest",
+    "CreateFileRequest",
 ]
 
 PREFIX = "#/components/schemas/"
