@@ -26,6 +26,10 @@ from benchmarks.load import prompts
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_LINES, MAX_TOKENS, SENTENCES = 512, 64, 10_000
+# Batch lines in flight (`batch.concurrency`). Chat: 32 of the model's 64 engine seats, so online
+# requests find a free seat (vLLM preempts for KV space, not for seats: at 64, an online request
+# waited for a wave of batch lines to end, 13.9x idle TTFT); embeddings: 64.
+CHAT_CONCURRENCY, EMBED_CONCURRENCY = 32, 64
 LLM_ID, EMBED_ID = "smollm2-135m-instruct", "all-minilm-l6-v2"
 
 
@@ -182,7 +186,7 @@ def bench_vllm_run_batch(data: bytes, logs: Path) -> dict:
     return row
 
 
-def bench_chat(logs: Path, concurrency: int = 64, quick: bool = False) -> dict:
+def bench_chat(logs: Path, concurrency: int = CHAT_CONCURRENCY, quick: bool = False) -> dict:
     n = 32 if quick else CHAT_LINES
     data = chat_file(n)
     graph = bench_graph(data, "/v1/chat/completions", concurrency, logs)
@@ -191,7 +195,7 @@ def bench_chat(logs: Path, concurrency: int = 64, quick: bool = False) -> dict:
             "ratio": round(graph.get("tokens_per_s", 0) / vllm["tokens_per_s"], 3) if vllm.get("tokens_per_s") else None}
 
 
-def bench_embeddings(logs: Path, concurrency: int = 64, quick: bool = False) -> dict:
+def bench_embeddings(logs: Path, concurrency: int = EMBED_CONCURRENCY, quick: bool = False) -> dict:
     from benchmarks import embeddings
     from deployments.model_store import resolve
 

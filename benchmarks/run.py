@@ -197,7 +197,7 @@ def run_batch(todo: list[str], store: Store, args, logs: Path) -> None:
     from benchmarks import batch
 
     part = store.part("batch", {"chat_lines": batch.CHAT_LINES, "max_tokens": batch.MAX_TOKENS, "sentences": batch.SENTENCES,
-                                "concurrency": 64}, whole=all(t in todo for t in PARTS["batch"]))
+                                "concurrency": batch.CHAT_CONCURRENCY, "embeddings_concurrency": batch.EMBED_CONCURRENCY}, whole=all(t in todo for t in PARTS["batch"]))
     steps = {
         "batch-chat": ("chat", lambda: batch.bench_chat(logs, quick=args.quick)),
         "batch-embeddings": ("embeddings", lambda: batch.bench_embeddings(logs, quick=args.quick)),
