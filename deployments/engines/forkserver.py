@@ -19,7 +19,7 @@ Two things differ from a spawned process, and are put right here:
 
 Only vLLM's engine core (the scheduler: no heavy computation) starts this way; the core still
 spawns its worker, whose OpenMP runtime must load with the thread binding the core gives it
-in the environment (a forked worker measured 0.75x the throughput; BENCHMARKS.md).
+in the environment (a forked worker measured 0.7-0.85x the throughput; BENCHMARKS.md, session 6).
 This module imports no vLLM: the fork server imports what it is told to preload.
 """
 

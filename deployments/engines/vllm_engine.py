@@ -33,7 +33,7 @@ CPU_ENV_DEFAULTS = {
 
 
 # What vLLM's engine core imports, preloaded in the fork server. The core's worker is
-# still spawned: a worker forked from the fork server measured 0.75x the throughput of a spawned
+# still spawned: a worker forked from the fork server measured 0.7-0.85x the throughput of a spawned
 # one, because the OpenMP runtime reads its thread binding (GOMP_CPU_AFFINITY, which the core
 # sets for the worker) when it loads, and in a forked worker it loaded in the fork server.
 FORK_SERVER_PRELOAD = ["vllm.v1.engine.core", "vllm.v1.executor.multiproc_executor"]
