@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHAT_LINES, MAX_TOKENS, SENTENCES = 512, 64, 10_000
 # Batch lines in flight (`batch.concurrency`). Chat: 32 of the model's 64 engine seats, so online
 # requests find a free seat (vLLM preempts for KV space, not for seats: at 64, an online request
-# waited for a wave of batch lines to end, 13.9x idle TTFT); embeddings: 64.
-CHAT_CONCURRENCY, EMBED_CONCURRENCY = 32, 64
+# waited for a wave of batch lines to end, 13.9x idle TTFT); embeddings: the product's default 16
+# requests of `batch.embedding_lines_per_request` (64) lines each.
+CHAT_CONCURRENCY, EMBED_CONCURRENCY = 32, 16
 LLM_ID, EMBED_ID = "smollm2-135m-instruct", "all-minilm-l6-v2"
 
 

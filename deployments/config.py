@@ -278,8 +278,14 @@ class BatchConfig(_Config):
     max_lines: int = Field(50_000, ge=1, description="Most request lines in one batch input file.")
     concurrency: int = Field(
         16, ge=1,
-        description="Batch lines in flight at once, all batches together; keep it below the models' "
-        "max_batch_size / max_ongoing_requests so online requests always find a free seat.",
+        description="Batch requests in flight at once, all batches together (a chat or completion line is "
+        "one; a group of embedding lines is one); keep it below the models' max_batch_size / "
+        "max_ongoing_requests so online requests always find a free seat.",
+    )
+    embedding_lines_per_request: int = Field(
+        64, ge=1,
+        description="Embedding lines sent to the model as one request: their inputs are encoded together, "
+        "behind any online request's (the embedding batcher's low priority).",
     )
     max_attempts: int = Field(3, ge=1, description="Tries of a line that meets a 429/500/502/504 before it is recorded as failed (a 503, a model loading or restarting, is waited out until the batch expires).")
     progress_log_s: float = Field(10.0, gt=0, description="How often the logs say how far each running batch is.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import logging
 import time
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 
 from deployments import protocol
 from deployments.config import EmbeddingConfig
-from deployments.errors import invalid, unsupported
+from deployments.errors import APIError, invalid, unsupported
 from deployments.protocol import EmbeddingRequest
 
 logger = logging.getLogger("ray.serve")
@@ -91,6 +92,36 @@ class EmbeddingServer:
         return {"queued": self.batcher.queue.qsize()}
 
     async def embed(self, req: EmbeddingRequest) -> dict[str, Any]:
+        texts, counts, dims = self._prepare(req)
+        vectors = await self.batcher.submit(texts)
+        return self._respond(req, vectors, counts, dims)
+
+    async def embed_many(self, requests: list[EmbeddingRequest]) -> list[dict[str, Any] | APIError]:
+        """Several requests (a batch file's lines) as one: their inputs go to the batcher in one
+        submission, at low priority (an online request's inputs go first), so a batch's lines are
+        encoded in full forward passes sorted by length. One answer per request, in order: its
+        response, or the :class:`APIError` ``embed`` would have raised for it alone."""
+        prepared: list[tuple[list[str], list[int], int] | APIError] = []
+        for req in requests:
+            try:
+                prepared.append(self._prepare(req))
+            except APIError as exc:
+                prepared.append(exc)
+        texts = [t for p in prepared if not isinstance(p, APIError) for t in p[0]]
+        vectors = await self.batcher.submit(texts, low_priority=True) if texts else None
+        answers: list[dict[str, Any] | APIError] = []
+        start = 0
+        for req, p in zip(requests, prepared):
+            if isinstance(p, APIError):
+                answers.append(p)
+                continue
+            end = start + len(p[0])
+            answers.append(self._respond(req, vectors[start:end], p[1], p[2]))
+            start = end
+        return answers
+
+    def _prepare(self, req: EmbeddingRequest) -> tuple[list[str], list[int], int]:
+        """A request's texts, their token counts and the dimensions it gets; raises its 400s."""
         dims = self.dimensions
         if req.dimensions is not None and req.dimensions != dims:
             if not self.config.allow_request_dimensions:
@@ -108,7 +139,9 @@ class EmbeddingServer:
                     "input",
                     "context_length_exceeded",
                 )
-        vectors = await self.batcher.submit(texts)
+        return texts, counts, dims
+
+    def _respond(self, req: EmbeddingRequest, vectors: np.ndarray, counts: list[int], dims: int) -> dict[str, Any]:
         if dims != self.native_dimensions:
             vectors = vectors[:, :dims]
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -130,26 +163,33 @@ class Batcher:
 
     One batch runs at a time, in a worker thread; requests arriving meanwhile queue up and form
     the next batch, so under load batches fill without waiting. A request larger than
-    ``max_items`` is split across batches.
+    ``max_items`` is split across batches. Low-priority submissions (a batch file's lines) wait
+    behind every online one queued: a batch fills the model's idle time, online requests wait
+    for at most the batch being encoded.
     """
+
+    ONLINE, LOW = 0, 1
 
     def __init__(self, fn, max_items: int, wait_s: float) -> None:
         self.fn = fn
         self.max_items = max_items
         self.wait_s = wait_s
-        self.queue: asyncio.Queue[tuple[list, asyncio.Future]] = asyncio.Queue()
+        # (priority, arrival, items, future): online first, then in arrival order
+        self.queue: asyncio.PriorityQueue[tuple[int, int, list, asyncio.Future]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
         self._task: asyncio.Task | None = None
 
-    async def submit(self, items: list) -> np.ndarray:
+    async def submit(self, items: list, low_priority: bool = False) -> np.ndarray:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             # (re)start the batch loop on this event loop (an in-process server may outlive a loop)
-            self.queue = asyncio.Queue()
+            self.queue = asyncio.PriorityQueue()
             self._task = loop.create_task(self._run())
+        priority = self.LOW if low_priority else self.ONLINE
         parts = []
         for start in range(0, len(items), self.max_items):
-            future = asyncio.get_running_loop().create_future()
-            await self.queue.put((items[start : start + self.max_items], future))
+            future = loop.create_future()
+            await self.queue.put((priority, next(self._arrivals), items[start : start + self.max_items], future))
             parts.append(future)
         return np.concatenate(await asyncio.gather(*parts))
 
@@ -161,11 +201,9 @@ class Batcher:
         return task.exception()
 
     async def _run(self) -> None:
-        carry: tuple[list, asyncio.Future] | None = None
         while True:
-            batch = [carry or await self.queue.get()]
-            carry = None
-            size = len(batch[0][0])
+            batch = [await self.queue.get()]
+            size = len(batch[0][2])
             deadline = asyncio.get_running_loop().time() + self.wait_s
             while size < self.max_items:
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -173,23 +211,25 @@ class Batcher:
                     item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
-                if size + len(item[0]) > self.max_items:
-                    carry = item
+                if size + len(item[2]) > self.max_items:
+                    # it opens the next batch (back in the queue, where its arrival keeps it
+                    # first of its priority, behind any online request that came meanwhile)
+                    self.queue.put_nowait(item)
                     break
                 batch.append(item)
-                size += len(item[0])
-            batch = [(items, fut) for items, fut in batch if not fut.cancelled()]
-            if not batch:
+                size += len(item[2])
+            parts = [(items, fut) for _, _, items, fut in batch if not fut.cancelled()]
+            if not parts:
                 continue
             try:
-                vectors = await asyncio.to_thread(self.fn, [x for items, _ in batch for x in items])
+                vectors = await asyncio.to_thread(self.fn, [x for items, _ in parts for x in items])
             except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
-                for _, fut in batch:
+                for _, fut in parts:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             start = 0
-            for items, fut in batch:
+            for items, fut in parts:
                 if not fut.done():
                     fut.set_result(vectors[start : start + len(items)])
                 start += len(items)

@@ -100,11 +100,12 @@ class Ingress:
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.batch.connect()
 
-    async def batch_line(self, endpoint: str, body, models: list[str] | None) -> tuple[int, dict]:
-        """One batch line through the online route's checks and model handles (the batch driver calls it)."""
-        from deployments.batch.execute import execute_line
+    async def batch_lines(self, endpoint: str, bodies: list, models: list[str] | None) -> list[tuple[int, dict]]:
+        """Batch lines through the online route's checks and model handles, one answer each (the
+        batch driver calls it, with a chat line or a group of embedding lines)."""
+        from deployments.batch.execute import execute_lines
 
-        return await execute_line(self.router, self.server, endpoint, body, models)
+        return await execute_lines(self.router, self.server, endpoint, bodies, models)
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig | AudioConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while

@@ -1,7 +1,7 @@
 """The Batch API over the in-process app (fake LLM engine, real MiniLM), with the official client.
 
 Files and batches go through the real routes and the real service (SQLite store, fsspec storage,
-runner) in a temporary folder; lines run through ``execute_line``, the online route's checks and
+runner) in a temporary folder; lines run through ``execute_lines``, the online route's checks and
 the model servers' handles. A restart is a service closed mid-batch and a new one opened on the
 same folder.
 """
@@ -21,7 +21,7 @@ import pytest
 from deployments.api import create_app
 from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import Key, KeyStore
-from deployments.batch.execute import execute_line
+from deployments.batch.execute import execute_lines
 from deployments.batch.service import BatchService
 from deployments.batch.store import Store
 from deployments.config import BatchConfig, LLMConfig, ServerConfig
@@ -45,12 +45,15 @@ class App:
     def __init__(self, router: Router, config: BatchConfig, calls: Counter | None = None) -> None:
         self.router, self.config = router, config
         self.calls = calls if calls is not None else Counter()
+        self.requests = 0  # calls of execute (a chat line, or a group of embedding lines, each)
         server = ServerConfig()
 
-        async def execute(endpoint, body, models):
-            if isinstance(body, dict):
-                self.calls[json.dumps(body, sort_keys=True)] += 1
-            return await execute_line(router, server, endpoint, body, models)
+        async def execute(endpoint, bodies, models):
+            self.requests += 1
+            for body in bodies:
+                if isinstance(body, dict):
+                    self.calls[json.dumps(body, sort_keys=True)] += 1
+            return await execute_lines(router, server, endpoint, bodies, models)
 
         self.service = BatchService(config, execute)
         keys = KeyStore([Key(KEY_A.encode(), None), Key(KEY_B.encode(), None)])
@@ -174,6 +177,38 @@ async def test_completion_and_embedding_batches(app):
         for o in out:
             validate(o["response"]["body"], RESPONSE_SCHEMA[url])
             assert check(o["response"]["body"], int(o["custom_id"][1:]))
+
+
+async def test_embedding_lines_run_in_groups_each_answered_as_online(app, tmp_path):
+    """Embedding lines go to the model in groups (``embedding_lines_per_request``), one request
+    each; every line's body is the one the online route gives it alone (its own usage and model
+    name), and a line the model refuses is an error line without failing its group."""
+    grouped = App(app.router, BatchConfig(storage=str(tmp_path / "g-files"), db_path=str(tmp_path / "g.db"),
+                                          concurrency=2, embedding_lines_per_request=8))
+    try:
+        client = grouped.clients[KEY_A]
+        bodies = {f"e{i}": {"model": "minilm", "input": f"sentence number {i} " + "word " * (i % 7)} for i in range(19)}
+        bodies["e5"] = {"model": "minilm", "input": "long " * 600}  # over the model's 256 tokens
+        bodies["e9"] = {"model": "minilm", "input": ["two", "inputs"], "encoding_format": "base64"}
+        f = await upload(client, jsonl(line(cid, "/v1/embeddings", b) for cid, b in bodies.items()))
+        batch, _ = await wait_done(client, (await client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")).id)
+        assert batch.status == "completed" and batch.request_counts.completed == 18 and batch.request_counts.failed == 1
+        assert grouped.requests == 3  # 19 lines in groups of 8
+        out = {o["custom_id"]: o["response"]["body"] for o in output_lines((await client.files.content(batch.output_file_id)).text)}
+        assert set(out) == set(bodies) - {"e5"}
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=grouped.asgi), base_url="http://test")
+        for cid in ("e0", "e6", "e9", "e18"):
+            online = (await http.post("/v1/embeddings", json=bodies[cid], headers={"Authorization": f"Bearer {KEY_A}"})).json()
+            if cid != "e9":  # the spec's schema has float vectors only, not base64 strings
+                validate(out[cid], "CreateEmbeddingResponse")
+            assert out[cid]["usage"] == online["usage"] and out[cid]["model"] == online["model"]
+            assert len(out[cid]["data"]) == len(online["data"])
+        (error,) = output_lines((await client.files.content(batch.error_file_id)).text)
+        online = await http.post("/v1/embeddings", json=bodies["e5"], headers={"Authorization": f"Bearer {KEY_A}"})
+        assert error["custom_id"] == "e5" and error["response"]["status_code"] == online.status_code == 400
+        assert error["response"]["body"] == online.json()
+    finally:
+        await grouped.close()
 
 
 async def test_a_line_for_another_endpoint_or_model_kind_is_an_error_line(app):
@@ -354,9 +389,9 @@ async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, t
 
     answers = iter([(503, unavailable("loading").body())] * 5)
 
-    async def flaky(endpoint, body, models):
+    async def flaky(endpoint, bodies, models):
         answer = next(answers, None)
-        return answer if answer is not None else (200, {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+        return [answer if answer is not None else (200, {"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 1, "total_tokens": 1}})] * len(bodies)
 
     service = BatchService(BatchConfig(storage=str(tmp_path / "f3"), db_path=str(tmp_path / "b3.db"), max_attempts=1), flaky)
     try:

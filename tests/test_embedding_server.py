@@ -28,3 +28,66 @@ async def test_many_single_sentences_at_once_all_get_vectors(servers):
     failures = [r for r in results if isinstance(r, BaseException)]
     assert not failures, failures[:3]
     assert all(len(r["data"]) == 1 and len(r["data"][0]["embedding"]) == 384 for r in results)
+
+
+async def test_embed_many_answers_each_request_as_embed_does(servers):
+    """A batch's lines in one call: each request gets the vectors, usage and model embed gives
+    it alone, and a request embed would refuse gets that error without failing the others."""
+    import numpy as np
+
+    from deployments.errors import APIError
+
+    _, _, embedder = servers
+    requests = [
+        EmbeddingRequest(model="minilm", input="a short one"),
+        EmbeddingRequest(model="minilm", input=" ".join(["long"] * 600)),  # over the model's 256 tokens
+        EmbeddingRequest(model="all-minilm", input=["two inputs", "in one request"], encoding_format="base64"),
+        EmbeddingRequest(model="minilm", input=[[101, 7592, 102]]),
+    ]
+    answers = await embedder.embed_many(requests)
+    assert len(answers) == 4
+    assert isinstance(answers[1], APIError) and answers[1].param == "input" and answers[1].code == "context_length_exceeded"
+    for req, answer in zip(requests, answers):
+        if req is requests[1]:
+            continue
+        alone = await embedder.embed(req)
+        assert answer["usage"] == alone["usage"] and answer["model"] == req.model
+        assert [d["index"] for d in answer["data"]] == list(range(len(alone["data"])))
+        for got, want in zip(answer["data"], alone["data"]):
+            if req.encoding_format == "base64":
+                got_v, want_v = (np.frombuffer(__import__("base64").b64decode(d["embedding"]), "<f4") for d in (got, want))
+            else:
+                got_v, want_v = np.array(got["embedding"]), np.array(want["embedding"])
+            assert np.allclose(got_v, want_v, atol=1e-4)
+
+
+async def test_online_submissions_go_before_queued_low_priority_ones():
+    """The batcher's one batch at a time: while it runs, a batch's (low-priority) inputs and an
+    online request's queue; the online one is in the next batch, ahead of those queued before it."""
+    import threading
+
+    import numpy as np
+
+    from deployments.embedding_server import Batcher
+
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    def fn(items):
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(10)
+        return np.zeros((len(items), 2), dtype=np.float32)
+
+    batcher = Batcher(fn, max_items=2, wait_s=0.0)
+    first = asyncio.create_task(batcher.submit(["running"]))
+    while not calls:
+        await asyncio.sleep(0.01)
+    low = asyncio.create_task(batcher.submit(["low-1", "low-2", "low-3", "low-4"], low_priority=True))
+    await asyncio.sleep(0.05)
+    online = asyncio.create_task(batcher.submit(["online"]))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, low, online), 10)
+    # the low submission is two parts of max_items: the online input goes first, then the parts in order
+    assert calls[1:] == [["online"], ["low-1", "low-2"], ["low-3", "low-4"]], calls

@@ -30,7 +30,7 @@ from schemathesis.checks import (
 from deployments import protocol
 from deployments.api import create_app
 from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
-from deployments.batch.execute import execute_line
+from deployments.batch.execute import execute_lines
 from deployments.batch.runner import output_file_id
 from deployments.batch.service import BatchService
 from deployments.config import BatchConfig, EmbeddingConfig, LLMConfig, ServerConfig
@@ -60,8 +60,8 @@ def _batch_service(router: Router) -> BatchService:
     completed batch over the first, with its output file (the server is open: owner "")."""
     folder = tempfile.mkdtemp(prefix="fuzz-batch-")
 
-    async def execute(endpoint, body, models):
-        return await execute_line(router, ServerConfig(), endpoint, body, models)
+    async def execute(endpoint, bodies, models):
+        return await execute_lines(router, ServerConfig(), endpoint, bodies, models)
 
     service = BatchService(BatchConfig(storage=f"{folder}/files", db_path=f"{folder}/batch.db"), execute)
     body = {"model": "all-minilm-l6-v2", "input": "hello"}
@@ -70,7 +70,7 @@ def _batch_service(router: Router) -> BatchService:
         service.storage.put(file_id, data)
         service.store.add_file(file_id, "", "in.jsonl", "batch", len(data), 1)
     now, out = int(time.time()), output_file_id("batch_abc123", "output")
-    status, answer = asyncio.run(execute("/v1/embeddings", body, None))
+    ((status, answer),) = asyncio.run(execute("/v1/embeddings", [body], None))
     service.store.record("batch_abc123", 0, "a", status == 200, {"id": "batch_req_a", "custom_id": "a", "response": {"status_code": status, "body": answer}, "error": None})
     service.storage.put(out, data)
     service.store.add_file(out, "", "batch_abc123_output.jsonl", "batch_output", len(data), 1, now, now + 3600)

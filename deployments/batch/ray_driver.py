@@ -3,9 +3,10 @@
 The actor (``batch-driver-<app>``, in Serve's namespace) holds the :class:`BatchService`: the
 SQLite store (on the head node's disk, so a restarted actor finds it), the file storage and the
 runner. Every front replica reaches it with ``get_if_exists``: the first creates it, the others
-find it. It runs each line through the front deployment's ``batch_line`` method (a Serve
-deployment handle), which is the online route's own path (``execute.py``), so a line gets the
-model routing, key check and error body an online request gets. Ray restarts the actor if it dies
+find it. It runs lines through the front deployment's ``batch_lines`` method (a Serve
+deployment handle; a chat line or a group of embedding lines a call), which is the online route's
+own path (``execute.py``), so a line gets the model routing, key check and error body an online
+request gets. Ray restarts the actor if it dies
 (``max_restarts=-1``); it belongs to the front replica that made it, so if that replica dies it
 goes too, and the next front replica to call makes a new one. Either way the new actor resumes
 every unfinished batch from the store.
@@ -30,7 +31,7 @@ class BatchDriverActor:
         self.service = None
         self._handle = None
 
-    async def _execute(self, endpoint: str, body: Any, models: list[str] | None) -> tuple[int, Any]:
+    async def _execute(self, endpoint: str, bodies: list[Any], models: list[str] | None) -> list[tuple[int, Any]]:
         from deployments.errors import unavailable
 
         if self._handle is None:
@@ -38,9 +39,9 @@ class BatchDriverActor:
 
             self._handle = serve.get_deployment_handle(self.front, app_name=self.app_name)
         try:
-            return await self._handle.batch_line.remote(endpoint, body, models)
-        except Exception as exc:  # noqa: BLE001 - the front is restarting: a retryable 503
-            return 503, unavailable(f"The front is unavailable: {type(exc).__name__}").body()
+            return await self._handle.batch_lines.remote(endpoint, bodies, models)
+        except Exception as exc:  # noqa: BLE001 - the front is restarting: a retryable 503 for each line
+            return [(503, unavailable(f"The front is unavailable: {type(exc).__name__}").body())] * len(bodies)
 
     async def start(self) -> bool:
         if self.service is None:

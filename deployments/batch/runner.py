@@ -1,5 +1,7 @@
 """The batch driver: takes a batch from ``validating`` to ``completed`` (or ``failed``,
-``cancelled``, ``expired``), line by line, with a bounded number of lines in flight.
+``cancelled``, ``expired``), with a bounded number of requests in flight: a chat or completion
+line is one request; embedding lines go in groups (``batch.embedding_lines_per_request``), one
+request each, whose inputs the model encodes together.
 
 Every state it needs is in the store: the status, and each line's result recorded (once, keyed by
 line) before it counts. A driver started on the same store, after a restart or the death of the
@@ -24,8 +26,9 @@ from deployments.errors import invalid, not_a_json_object
 
 logger = logging.getLogger("ray.serve")
 
-# (endpoint, body, models the owner's key may use) -> (status, body), as the online API answers
-Execute = Callable[[str, Any, "list[str] | None"], Awaitable[tuple[int, Any]]]
+# (endpoint, bodies, models the owner's key may use) -> [(status, body)], each as the online API answers
+Execute = Callable[[str, "list[Any]", "list[str] | None"], Awaitable["list[tuple[int, Any]]"]]
+EMBEDDINGS = "/v1/embeddings"
 RETRYABLE = {429, 500, 502, 503, 504}
 
 
@@ -67,6 +70,11 @@ def parse(data: bytes, endpoint: str) -> list[Line]:
     return lines
 
 
+def _input_size(body: Any) -> int:
+    """About how long an embedding line's input is (its text's length), to group like lengths."""
+    return len(str(body.get("input"))) if isinstance(body, dict) else 0
+
+
 def output_file_id(batch_id: str, which: str) -> str:
     """The output/error file's id, the same however often the batch finalizes (a finalize cut
     short by a restart writes the same file again, not a second one)."""
@@ -76,9 +84,8 @@ def output_file_id(batch_id: str, which: str) -> str:
 class Runner:
     def __init__(self, store: Store, storage: FileStorage, execute: Execute, config: BatchConfig, clock=time.time) -> None:
         self.store, self.storage, self.execute, self.config, self.clock = store, storage, execute, config, clock
-        self.slots = asyncio.Semaphore(config.concurrency)  # lines in flight, all batches together
+        self.slots = asyncio.Semaphore(config.concurrency)  # requests in flight, all batches together
         self.tasks: dict[str, asyncio.Task] = {}
-        self.in_flight = 0
         self.executed = 0  # lines run (tries that got an answer), for tests and logs
 
     def resume(self) -> list[str]:
@@ -176,13 +183,20 @@ class Runner:
         progress = asyncio.get_running_loop().create_task(self._log_progress(batch_id, len(lines)))
         running: set[asyncio.Task] = set()
         try:
-            for line in todo:
+            # one request in flight per slot: a chat or completion line, or a group of embedding lines
+            size = 1
+            if row["endpoint"] == EMBEDDINGS:
+                size = self.config.embedding_lines_per_request
+                # shortest inputs first: the model pads each forward pass to its longest input, so
+                # groups of like lengths waste the least (the output keeps the file's order)
+                todo.sort(key=lambda line: _input_size(line.body))
+            for start in range(0, len(todo), size):
                 await self.slots.acquire()
                 status = self.store.batch(batch_id)["status"]
                 if status != bp.IN_PROGRESS or self._expired(row):
                     self.slots.release()
                     break
-                task = asyncio.get_running_loop().create_task(self._line(row, line, models))
+                task = asyncio.get_running_loop().create_task(self._lines(row, todo[start : start + size], models))
                 running.add(task)
                 task.add_done_callback(running.discard)
             if self.store.batch(batch_id)["status"] == bp.IN_PROGRESS and not self._expired(row):
@@ -201,36 +215,45 @@ class Runner:
     def _expired(self, row: dict[str, Any]) -> bool:
         return self._now() >= row["expires_at"]
 
-    async def _line(self, row: dict[str, Any], line: Line, models: list[str] | None) -> None:
-        batch_id = row["id"]
-        self.in_flight += 1
+    async def _lines(self, row: dict[str, Any], lines: list[Line], models: list[str] | None) -> None:
+        """Run a group of lines in one request and record each line's answer as it is final:
+        lines that meet a 503 (a model loading, a replica restarting: waited out, without using
+        up tries, until the batch's window ends) or another retryable status go again."""
         try:
-            status, body = 400, line.error
-            if line.error is None:
-                attempt, waits = 0, 0
-                while True:
-                    status, body = await self.execute(row["endpoint"], line.body, models)
-                    self.executed += 1
+            self._record(row["id"], [(line, 400, line.error) for line in lines if line.error is not None])
+            todo = [line for line in lines if line.error is None]
+            tries: dict[int, int] = {}
+            waits = 0
+            while todo:
+                answers = await self.execute(row["endpoint"], [line.body for line in todo], models)
+                self.executed += len(todo)
+                final, again, unavailable = [], [], False
+                for line, (status, body) in zip(todo, answers):
                     if status == 503 and not self._expired(row):
-                        # a model loading or a replica restarting (an app restart): wait for it,
-                        # without using up the line's tries, until the batch's window ends
-                        waits += 1
-                        await asyncio.sleep(min(0.5 * 2**waits, 5.0))
+                        again.append(line)
+                        unavailable = True
                         continue
-                    attempt += 1
-                    if status not in RETRYABLE or attempt >= self.config.max_attempts:
-                        break
-                    await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
-            usage = body.get("usage") if status == 200 and isinstance(body, dict) else None
-            usage = usage or {}
-            self.store.record(
-                batch_id, line.index, line.custom_id, status == 200,
-                bp.output_line(batch_id, line.index, line.custom_id, status, body),
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-            )
+                    tries[line.index] = tries.get(line.index, 0) + 1
+                    if status in RETRYABLE and tries[line.index] < self.config.max_attempts:
+                        again.append(line)
+                    else:
+                        final.append((line, status, body))
+                self._record(row["id"], final)
+                todo = again
+                if todo:
+                    waits += unavailable
+                    await asyncio.sleep(min(0.5 * 2**waits, 5.0) if unavailable else min(0.5 * 2 ** max(tries.values()), 10.0))
         finally:
-            self.in_flight -= 1
             self.slots.release()
+
+    def _record(self, batch_id: str, answers: list[tuple[Line, int, Any]]) -> None:
+        rows = []
+        for line, status, body in answers:
+            usage = (body.get("usage") if status == 200 and isinstance(body, dict) else None) or {}
+            rows.append((line.index, line.custom_id, status == 200, bp.output_line(batch_id, line.index, line.custom_id, status, body),
+                         int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
+        if rows:
+            self.store.record_many(batch_id, rows)
 
     async def _log_progress(self, batch_id: str, total: int) -> None:
         start, first = time.monotonic(), sum(self.store.counts(batch_id)[:2])

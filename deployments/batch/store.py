@@ -143,12 +143,23 @@ class Store:
     def record(self, batch_id: str, line: int, custom_id: str | None, ok: bool, output: dict[str, Any],
                input_tokens: int = 0, output_tokens: int = 0) -> bool:
         """Record a line's result once; False if it was already recorded (that one stands)."""
+        return self.record_many(batch_id, [(line, custom_id, ok, output, input_tokens, output_tokens)]) > 0
+
+    def record_many(self, batch_id: str, rows: list[tuple[int, str | None, bool, dict[str, Any], int, int]]) -> int:
+        """Record lines' results ``(line, custom_id, ok, output, input_tokens, output_tokens)`` in
+        one transaction, each once; returns how many were new (an already recorded one stands)."""
+        values = [(batch_id, line, cid, int(ok), json.dumps(out), inp, outp) for line, cid, ok, out, inp, outp in rows]
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?)",
-                (batch_id, line, custom_id, int(ok), json.dumps(output), input_tokens, output_tokens),
-            )
-            return cursor.rowcount > 0
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?)", values)
+                added = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return added
 
     def done_lines(self, batch_id: str) -> set[int]:
         return {r["line"] for r in self._q("SELECT line FROM results WHERE batch_id=?", (batch_id,))}

@@ -118,7 +118,7 @@ def embedding_list(model: str, vectors: list, encoding_format: str, prompt_token
         if encoding_format == "base64":
             embedding: Any = base64.b64encode(_float32_le_bytes(vec)).decode("ascii")
         else:
-            embedding = [float(x) for x in vec]
+            embedding = vec.tolist() if hasattr(vec, "tolist") else [float(x) for x in vec]  # numpy's is ~10x faster
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     return {
         "object": "list",
