@@ -4,7 +4,8 @@ A snapshot reads ``utime + stime`` from ``/proc/<pid>/stat`` of every process wh
 (Ray and vLLM set process titles) names a hop; the difference of two snapshots, summed per hop,
 is what each hop spent. Ray's titles: ``ray::ProxyActor``, ``ray::ServeController``,
 ``ray::ServeReplica:<app>:<deployment>`` (with ``.<method>`` appended while a task runs); vLLM's
-engine processes are ``VLLM::EngineCore`` and its workers.
+engine processes are ``VLLM::EngineCore`` and its workers, or on CPU the fork server they fork from
+and its children (``deployments/engines/forkserver.py``), which keep the server's command line.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def hop_of(cmdline: str) -> str | None:
         return "Serve controller"
     if cmdline.startswith("VLLM::") or "VLLM::" in cmdline.split(" ", 1)[0]:
         return "vLLM engine processes"
+    if "multiprocessing.forkserver import main" in cmdline and "'vllm." in cmdline:
+        return "vLLM engine processes"  # the engine's fork server, and the core and worker forked from it
     if "vllm.entrypoints.openai.api_server" in cmdline:
         return "vLLM API server"
     if "infinity_emb" in cmdline:

