@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -25,19 +26,27 @@ MEMORY_SLACK_MIB = 1024.0
 REQUEST_TIMEOUT_S = 60.0
 
 
+def is_replica_title(cmdline: str, app: str, deployment: str) -> bool:
+    """Whether a process title (its command line) is that of ``deployment``'s replica in ``app``.
+
+    Ray titles a replica ``ray::ServeReplica:<app>:<deployment>`` while it is idle and appends
+    ``.<method>`` while one of its methods runs (the controller's health checks and routing-stats
+    calls, a request): both are the replica. A deployment whose name extends this one's
+    (``llm-a`` and ``llm-a-2``) is not."""
+    marker = re.escape(f"ServeReplica:{app}:{deployment}")
+    title = re.compile(rf"(?:^|::){marker}(?:\.[A-Za-z_]\w*)?$")
+    return any(title.search(part) for part in cmdline.split())
+
+
 def replica_processes(app: str, deployment: str) -> list[psutil.Process]:
     """The live processes of ``deployment``'s replicas in application ``app``."""
-    marker = f"ServeReplica:{app}:{deployment}"
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or ())
         except (psutil.Error, TypeError):
             continue
-        # the marker ends the title (a deployment named like another's prefix must not match)
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(
-            part == f"ray::{marker}" or part.endswith(marker) for part in cmdline.split()
-        ):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and is_replica_title(cmdline, app, deployment):
             found.append(proc)
     return found
 
