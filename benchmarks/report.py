@@ -268,6 +268,38 @@ def render_chat(results: dict, plot: str | None, plot_note: str | None) -> list[
     return lines
 
 
+_PATH_LABELS = {"graph": "default config", "vllm_server": "vLLM's own server"}
+
+
+def _default_sequence(part: dict) -> list[tuple[int, str, list[dict]]]:
+    """Each measured run of the default-config comparison as (place in the order, path, levels),
+    in the order they ran."""
+    seq = []
+    for path in _PATH_LABELS:
+        key = part.get("model") if path == "graph" else "smollm2"
+        for run in (part.get(path) or {}).get("runs") or []:
+            seq.append((run.get("position") or 0, path, run.get(key) or []))
+    return sorted(seq, key=lambda item: item[0])
+
+
+def _order_line(part: dict) -> list[str]:
+    """The throughput of each run at the target's level, in the order they ran, and each
+    neighbouring graph/server pair's ratio: how much the order moved the figure."""
+    seq = [(path, _by_c(levels)) for _, path, levels in _default_sequence(part)]
+    shared = set.intersection(*(set(rows) for _, rows in seq)) if seq else set()
+    if not shared:
+        return []
+    c = _level([{"concurrency": c} for c in shared], TPUT_LEVEL)
+    shown = [f"{'graph' if path == 'graph' else 'server'} {fmt(rows[c]['tokens_per_s'], 1)}" for path, rows in seq]
+    pairs = []
+    for (p1, r1), (p2, r2) in zip(seq, seq[1:]):
+        if p1 != p2:
+            g, v = (r1, r2) if p1 == "graph" else (r2, r1)
+            pairs.append(fmt(ratio(g[c]["tokens_per_s"], v[c]["tokens_per_s"]), 2) + "x")
+    return [f"Output tok/s at c={c} in the order run: {', '.join(shown)}; graph/server of each neighbouring pair: "
+            f"{', '.join(pairs)}.", ""]
+
+
 def render_default_config(results: dict, before: dict | None = None) -> list[str]:
     """The default config as ``make serve`` runs it against vLLM's own server (same run), and the
     recorded run from before the fast path, if given."""
@@ -280,10 +312,21 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     err = _error(chat, "default_config")
     if err:
         return lines + [f"**failed:** {err}"]
-    lines += [(f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`), model {part.get('model')} in "
-               f"{part.get('dtype')}, then vLLM's own OpenAI server on the same folder, dtype and engine arguments; "
-               "same load as above."), ""]
-    runs = [("default config", _default_levels(chat, "graph")), ("vLLM's own server", _default_levels(chat, "vllm_server"))]
+    order = part.get("order")
+    described = (f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`), model {part.get('model')} in "
+                 f"{part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the same folder, dtype "
+                 "and engine arguments; same load as above.")
+    if order:
+        named = ", ".join("the default config" if o == "graph" else "vLLM's own server" for o in order)
+        described += (f" Each path ran twice, each time freshly started, in this order: {named}. The \"mean\" rows (and "
+                      "the target) average a path's runs; the numbered rows are the runs, by their place in the order.")
+    lines += [described, ""]
+    if order:
+        lines += _order_line(part)
+    mean = " (mean)" if order else ""
+    runs = [(f"default config{mean}", _default_levels(chat, "graph")), (f"vLLM's own server{mean}", _default_levels(chat, "vllm_server"))]
+    if order:
+        runs += [(f"{_PATH_LABELS[path]}, run {position}", levels) for position, path, levels in _default_sequence(part)]
     if before:
         runs += [(f"before the fast path ({before.get('dtype')}): graph", _default_levels({"default_config": before}, "graph")),
                  (f"before the fast path ({before.get('dtype')}): vLLM's own server", _default_levels({"default_config": before}, "vllm_server"))]
@@ -296,7 +339,8 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
                                                                        ("vLLM's own server", part.get("vllm_server") or {}))
               if p.get("start_to_healthy_s") is not None]
     if starts:
-        lines += ["", "Start to healthy in this run: " + "; ".join(starts) + "."]
+        which = " (the mean of each path's starts)" if order else ""
+        lines += ["", f"Start to healthy in this run{which}: " + "; ".join(starts) + "."]
     return lines
 
 

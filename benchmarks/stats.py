@@ -109,3 +109,32 @@ def table(header: list[str], rows: list[list]) -> list[str]:
             raise ValueError(f"row {row!r} has {len(row)} cells for {len(header)} columns")
         lines.append("| " + " | ".join(fmt(c) for c in row) + " |")
     return lines
+
+
+COUNTS = ("requests", "errors", "output_tokens")  # summed over runs; every other number is averaged
+
+
+def mean_levels(runs: list[list[dict]]) -> list[dict]:
+    """The levels of several runs of the same load combined into one row per concurrency: counts
+    (requests, errors, tokens) summed, every other number (and every number of a dict field, key
+    by key, such as the CPU per hop) the mean over the runs. Only levels every run has are kept."""
+    by_c = [{row["concurrency"]: row for row in rows} for rows in runs]
+    shared = sorted(set.intersection(*(set(rows) for rows in by_c))) if by_c else []
+    out = []
+    for c in shared:
+        rows = [rows[c] for rows in by_c]
+        merged: dict = {}
+        for key, first in rows[0].items():
+            values = [row.get(key) for row in rows]
+            if key == "concurrency" or not all(isinstance(v, type(first)) for v in values):
+                merged[key] = first
+            elif isinstance(first, dict):
+                keys = set.intersection(*(set(v) for v in values))
+                merged[key] = {k: round(sum(v[k] for v in values) / len(values), 3) for k in first if k in keys}
+            elif isinstance(first, (int, float)) and not isinstance(first, bool):
+                total = sum(values)
+                merged[key] = total if key in COUNTS else round(total / len(values), 4)
+            else:
+                merged[key] = first
+        out.append(merged)
+    return out

@@ -286,3 +286,43 @@ def test_a_quick_batch_run_says_how_many_lines_it_had():
     text = report.render({"batch": part})
     assert "32 chat lines (64 new tokens each" in text and "500 sentences, one per line" in text
     assert "**Quick smoke run (`--quick`)" in text
+
+
+def test_mean_levels_averages_rates_sums_counts_and_keeps_shared_levels():
+    from benchmarks.stats import mean_levels
+
+    a = [level(1, 10.0, 0.2), level(32, 100.0, 6.0, errors=1, cpu={"ingress": 0.4, "vLLM engine processes": 10.0})]
+    b = [level(32, 80.0, 4.0, errors=2, cpu={"ingress": 0.2, "vLLM engine processes": 14.0})]
+    (row,) = mean_levels([a, b])  # c=1 ran once only: dropped
+    assert row["concurrency"] == 32 and row["tokens_per_s"] == 90.0 and row["ttft_p50_s"] == 5.0
+    assert row["errors"] == 3 and row["requests"] == 64 and row["output_tokens"] == 4096
+    assert row["cpu_s"] == {"ingress": pytest.approx(0.3), "vLLM engine processes": 12.0}
+    assert row["cpu_ms_per_request"]["ingress"] == pytest.approx(0.3 / 32 * 1000, abs=0.01)
+    assert mean_levels([]) == []
+
+
+def test_default_config_in_abba_order_compares_means_and_shows_each_run():
+    from benchmarks.chat import DEFAULT_ORDER, combined
+
+    assert DEFAULT_ORDER == ("graph", "vllm_server", "vllm_server", "graph")
+    model = "smollm2-135m-instruct"
+    graph_runs = [{"config": "serve_config.yaml", "position": 1, "start_to_healthy_s": 50.0, model: [level(32, 80.0, 6.0)]},
+                  {"config": "serve_config.yaml", "position": 4, "start_to_healthy_s": 40.0, model: [level(32, 100.0, 5.0)]}]
+    server_runs = [{"command": "vllm serve", "position": 2, "start_to_healthy_s": 30.0, "smollm2": [level(32, 110.0, 5.0)]},
+                   {"command": "vllm serve", "position": 3, "start_to_healthy_s": 32.0, "smollm2": [level(32, 90.0, 5.0)]}]
+    graph = combined(graph_runs, model)
+    assert graph["config"] == "serve_config.yaml" and graph["start_to_healthy_s"] == 45.0 and graph["runs"] == graph_runs
+    assert graph[model][0]["tokens_per_s"] == 90.0
+    results = synthetic()
+    results["chat"]["default_config"] = {"model": model, "dtype": "bfloat16", "order": list(DEFAULT_ORDER),
+                                         "graph": graph, "vllm_server": combined(server_runs, "smollm2")}
+    by_name = {t.name: t for t in report.targets(results)}
+    fast = by_name["default config (fast path) / vLLM's own server, output tok/s at c=32"]
+    assert fast.value == pytest.approx(90.0 / 100.0) and fast.met  # the means, not the first pair (80/110)
+    text = report.render(results)
+    assert "| default config (mean) | 32 | 90.0 |" in text
+    assert "| default config, run 1 | 32 | 80.0 |" in text and "| vLLM's own server, run 3 | 32 | 90.0 |" in text
+    assert text.index("| default config, run 1 |") < text.index("| vLLM's own server, run 2 |") < text.index("| default config, run 4 |")
+    assert ("Output tok/s at c=32 in the order run: graph 80.0, server 110.0, server 90.0, graph 100.0; "
+            "graph/server of each neighbouring pair: 0.73x, 1.11x.") in text
+    assert "Start to healthy in this run (the mean of each path's starts): the default config 45.0 s; vLLM's own server 31.0 s." in text
