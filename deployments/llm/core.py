@@ -194,26 +194,9 @@ class GenerationCore:
             yield sse.usage_comment(usage)
             yield sse.DONE
 
-        async with aclosing(self._coalesce(events())) as messages:
+        async with aclosing(coalesce(events(), self.config.stream_interval_ms / 1000.0)) as messages:
             async for message in messages:
                 yield message
-
-    async def _coalesce(self, messages: AsyncIterator[str]) -> AsyncIterator[str]:
-        """Join SSE events produced within ``stream_interval_ms`` into one message."""
-        interval = self.config.stream_interval_ms / 1000.0
-        buffer: list[str] = []
-        last = 0.0
-        async with aclosing(messages):
-            async for message in messages:
-                buffer.append(message)
-                t = time.monotonic()
-                if t - last >= interval:
-                    yield "".join(buffer)
-                    buffer.clear()
-                    last = t
-        if buffer:
-            yield "".join(buffer)
-
 
 async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
     """An engine that fails mid-request is the server's trouble, not the client's: the client
@@ -230,6 +213,67 @@ async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
     except Exception as exc:  # noqa: BLE001
         logger.error("engine failed during a request: %r", exc)
         raise unavailable("The model's engine failed while generating; retry shortly.") from exc
+
+
+async def coalesce(messages: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
+    """Join the messages produced within ``interval_s`` of the last one sent into one message.
+
+    A message goes at once when nothing was sent within the window; otherwise it waits for the
+    window to close, with whatever else arrives meanwhile. No message waits longer than that,
+    even when the next one is slow to come (the engine busy with other requests' prefills): a
+    task of its own reads the source into a queue, and a timer puts the window's end in it. The
+    source runs in that task from start to end; closing this stream cancels it there."""
+    if interval_s <= 0:
+        async with aclosing(messages):
+            async for message in messages:
+                yield message
+        return
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    end, window_closed = object(), object()
+
+    async def read() -> None:
+        try:
+            async with aclosing(messages):
+                async for message in messages:
+                    queue.put_nowait(message)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(end)
+
+    reader = asyncio.create_task(read())
+    timer: asyncio.TimerHandle | None = None
+    held: list[str] = []
+    last = float("-inf")  # loop time of the last message sent
+    try:
+        while True:
+            item = await queue.get()
+            if item is window_closed:
+                timer = None
+                yield "".join(held)
+                held.clear()
+                last = loop.time()
+            elif item is end:
+                break
+            elif isinstance(item, Exception):  # what came before the failure goes first
+                if held:
+                    yield "".join(held)
+                raise item
+            elif held or loop.time() - last < interval_s:
+                held.append(item)
+                if timer is None:
+                    timer = loop.call_at(last + interval_s, queue.put_nowait, window_closed)
+            else:
+                yield item
+                last = loop.time()
+        if held:
+            yield "".join(held)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
