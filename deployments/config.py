@@ -177,8 +177,8 @@ class LLMConfig(_ModelConfig):
     stream_interval_ms: float = Field(
         50.0,
         ge=0,
-        description="Streamed tokens produced within this window travel as one message through "
-        "Ray (the first at once); 0 sends every token on its own.",
+        description="Streamed tokens produced within this window travel as one message (the "
+        "first at once, none held longer than the window); 0 sends every token on its own.",
     )
 
 
