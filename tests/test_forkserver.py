@@ -1,6 +1,8 @@
 """The fork server engine processes start from (``deployments/engines/forkserver.py``): a child
-runs with the environment of the moment it was started, not the server's, and no child outlives
-the process that started the server, even one killed with SIGKILL."""
+runs with the environment of the moment it was started, not the server's; a child whose
+allocator or OpenMP variables would differ from the runtime the server loaded is spawned
+instead; a forked child starts its own children from the same server; and no child outlives the
+process that started the server, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -11,45 +13,68 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
+from deployments.engines.forkserver import forks_as_started
 from tests.conftest import REPO
 
-# The starter: a fork server (nothing preloaded), a variable set after it started, one child
-# that reports what it sees and sleeps; then the starter kills itself, as a replica is killed.
+# The starter: a fork server (nothing preloaded) started with an OpenMP binding in its
+# environment, a variable set after it started; a child that reports what it sees, starts a
+# grandchild from the same server with the server's binding and sleeps; then the starter kills
+# itself, as a replica is killed, or stops the child. Then a child asking another binding.
 STARTER = textwrap.dedent(
     """
     import os, signal, sys, time
     from deployments.engines import forkserver
 
+    def grandchild(queue):
+        queue.put(("grandchild", os.getpid(), os.getppid(), os.environ.get("OMP_PLACES")))
+        time.sleep(120)
+
     def child(queue):
-        queue.put((os.environ.get("SET_AFTER_THE_SERVER"), os.getpid(), os.getppid()))
+        queue.put(("child", os.environ.get("SET_AFTER_THE_SERVER"), os.getpid(), os.getppid(), os.environ.get("OMP_PLACES")))
+        os.environ["OMP_PLACES"] = "{0}"  # the binding the server loaded with
+        forkserver.context_here().Process(target=grandchild, args=(queue,), daemon=False).start()
         time.sleep(120)
 
     if __name__ == "__main__":
+        os.environ["OMP_PLACES"] = "{0}"
         context = forkserver.start([])
+        del os.environ["OMP_PLACES"]
         os.environ["SET_AFTER_THE_SERVER"] = "seen"
         queue = context.Queue()
         process = context.Process(target=child, args=(queue,), daemon=False)
         process.start()
-        seen, pid, parent = queue.get(timeout=60)
-        print(seen, pid, parent, os.getpid(), flush=True)
+        for _ in range(2):
+            print(*queue.get(timeout=60), flush=True)
+        print("starter", os.getpid(), flush=True)
         if sys.argv[1] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         process.terminate()
         process.join(10)
         print("exit", process.exitcode, flush=True)
+        os.environ["OMP_PLACES"] = "{1}"
+        other = context.Process(target=grandchild, args=(queue,), daemon=False)
+        other.start()
+        print(*queue.get(timeout=60), flush=True)
+        other.terminate()
+        other.join(10)
     """
 )
 
 
-def _run(tmp_path, mode: str) -> tuple[list[str], subprocess.CompletedProcess]:
+def _run(tmp_path, mode: str) -> tuple[dict[str, list[str]], subprocess.CompletedProcess]:
     script = tmp_path / "starter.py"  # a file: the child's function is found in it by name
     script.write_text(STARTER)
     out = subprocess.run(
         [sys.executable, str(script), mode], cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    return out.stdout.split(), out
+    lines: dict[str, list[str]] = {}
+    for line in out.stdout.splitlines():
+        name, *words = line.split()
+        lines.setdefault(name, []).append(words)
+    return lines, out
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
@@ -61,18 +86,81 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return False
 
 
-def test_a_child_runs_with_the_environment_of_its_start_and_is_the_servers(tmp_path):
-    words, out = _run(tmp_path, "terminate")
-    assert words[:1] == ["seen"], out.stderr
-    _, pid, parent, starter = words[:4]
-    assert parent != starter  # forked by the server, not by the starter
-    assert words[4:] == ["exit", str(-15)]
-    assert _gone_within(int(pid), 5)
+def test_children_run_with_the_environment_of_their_start_forked_only_onto_their_runtime(tmp_path):
+    lines, out = _run(tmp_path, "terminate")
+    assert set(lines) == {"child", "grandchild", "starter", "exit"}, out.stderr
+    [(seen, child, server, child_places)] = lines["child"]
+    [starter] = lines["starter"][0]
+    assert (seen, child_places) == ("seen", "None")  # the starter's environment, not the server's
+    assert server != starter  # forked by the server, not by the starter: no binding asked
+    first, second = lines["grandchild"]
+    assert first[1:] == [server, "{0}"]  # the child's child, forked by the same server
+    assert lines["exit"] == [[str(-15)]]
+    assert second[1:] == [starter, "{1}"]  # another binding than the server's: spawned by the starter
+    assert _gone_within(int(child), 5)
+    assert _gone_within(int(first[0]), 10), "a grandchild from the fork server outlived the starter"
 
 
 def test_no_child_outlives_a_killed_starter(tmp_path):
-    words, out = _run(tmp_path, "kill")
-    assert out.returncode == -9 and words[:1] == ["seen"], out.stderr
-    pid, server = int(words[1]), int(words[2])
-    assert _gone_within(server, 10), "the fork server outlived the process that started it"
-    assert _gone_within(pid, 10), "a child of the fork server outlived the process that started it"
+    lines, out = _run(tmp_path, "kill")
+    assert out.returncode == -9 and lines["child"][0][0] == "seen", out.stderr
+    _, child, server, _ = lines["child"][0]
+    grandchild = lines["grandchild"][0][0]
+    assert _gone_within(int(server), 10), "the fork server outlived the process that started it"
+    assert _gone_within(int(child), 10), "a child of the fork server outlived the process that started it"
+    assert _gone_within(int(grandchild), 10), "a grandchild from the fork server outlived the process that started it"
+
+
+def test_a_process_forks_only_onto_the_runtime_it_would_load():
+    runtime = {"LD_PRELOAD": "libgomp.so.1", "OMP_NUM_THREADS": "2", "GOMP_CPU_AFFINITY": "0 1"}
+    base = {"PATH": "/bin", "LD_PRELOAD": "libgomp.so.1"}
+    assert forks_as_started({**base, "OMP_NUM_THREADS": "2", "GOMP_CPU_AFFINITY": "0 1"}, runtime)  # the worker
+    assert forks_as_started({**base, "OMP_NUM_THREADS": "1"}, runtime)  # places no thread: the core
+    assert not forks_as_started({**base, "OMP_NUM_THREADS": "2", "GOMP_CPU_AFFINITY": "1"}, runtime)
+    assert not forks_as_started({"PATH": "/bin", "OMP_NUM_THREADS": "2", "GOMP_CPU_AFFINITY": "0 1"}, runtime)  # no preload
+    assert not forks_as_started({**base, "LD_PRELOAD": "libtcmalloc.so:libgomp.so.1"}, runtime)
+    assert not forks_as_started(base, None)  # no server
+
+
+def test_the_guessed_worker_runtime_is_the_one_vllm_starts_the_default_models_worker_with():
+    """The fork server starts before the engine's config exists, with a guess at what vLLM will
+    start the worker with (``worker_runtime_env``). A vLLM whose CPU platform or executor sets
+    something else would get every worker spawned, and this says so."""
+    pytest.importorskip("vllm")
+    from vllm import AsyncEngineArgs
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    from deployments.engines import forkserver, vllm_engine
+    from deployments.engines.vllm_engine import VLLMEngine, worker_runtime_env, on_cpu
+
+    if not on_cpu():
+        pytest.skip("the fork server is for vLLM on CPU")
+    engine = VLLMEngine(_default_llm_options())
+    args = engine._engine_args()
+    before = dict(os.environ)
+    try:
+        for key, value in vllm_engine.CPU_ENV_DEFAULTS.items():
+            os.environ[key] = value
+        with worker_runtime_env(args):
+            guessed = forkserver.runtime_variables(dict(os.environ))
+        config = AsyncEngineArgs(**args).create_engine_config()  # sets LD_PRELOAD, as in the model server
+        with OMPProcessManager(config).configure_omp_envs(rank=0, local_rank=0):  # as vLLM's executor does
+            asked = forkserver.runtime_variables(dict(os.environ))
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+    assert "GOMP_CPU_AFFINITY" in asked or "OMP_PLACES" in asked or "KMP_AFFINITY" in asked  # vLLM binds its worker
+    assert guessed == asked
+    assert forks_as_started(asked, guessed)
+
+
+def _default_llm_options():
+    import yaml
+
+    from deployments import model_store
+    from deployments.config import LLMConfig
+    from deployments.engines import _options
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    llm = LLMConfig(**config["applications"][0]["args"]["llms"][0])
+    return _options(llm, model_store.resolve(llm.source, llm.dtype), "test")

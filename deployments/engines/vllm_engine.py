@@ -10,10 +10,12 @@ same way for every engine) and aborts a request when its stream is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import time
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 from deployments.engines.base import Engine, EngineInfo, EngineOptions, GenerationChunk, InvalidRequest, LoRARef, SamplingParams, TokenLogprob
@@ -32,11 +34,9 @@ CPU_ENV_DEFAULTS = {
 }
 
 
-# What vLLM's engine core imports, preloaded in the fork server. The core's worker is
-# still spawned: a worker forked from the fork server measured 0.7-0.85x the throughput of a spawned
-# one, because the OpenMP runtime reads its thread binding (GOMP_CPU_AFFINITY, which the core
-# sets for the worker) when it loads, and in a forked worker it loaded in the fork server.
-FORK_SERVER_PRELOAD = ["vllm.v1.engine.core", "vllm.v1.executor.multiproc_executor"]
+# What vLLM's engine core and its CPU worker import, preloaded in the fork server that both
+# start from (deployments/engines/forkserver.py).
+FORK_SERVER_PRELOAD = ["vllm.v1.engine.core", "vllm.v1.executor.multiproc_executor", "vllm.v1.worker.cpu_worker"]
 
 
 @functools.cache
@@ -59,16 +59,91 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
-def _start_fork_server():
-    """On CPU, vLLM's engine core starts from a warm fork server (``deployments/engines/
-    forkserver.py``) instead of a cold spawned process, unless ``SERVE_VLLM_FORK_SERVER=0``.
-    The server is started now, so its imports run beside this process's preparation; the
-    engine core's worker is spawned by the core as before. Returns the server's context, or None."""
+def _start_fork_server(args: dict[str, Any]):
+    """On CPU, vLLM's engine core and its worker start from a warm fork server (``deployments/
+    engines/forkserver.py``) instead of cold spawned processes, unless ``SERVE_VLLM_FORK_SERVER=0``.
+    The server is started now, so its imports run beside this process's preparation, with the
+    runtime variables vLLM will start the worker with (``worker_runtime_env``). Returns the
+    server's context, or None."""
     if os.environ.get("SERVE_VLLM_FORK_SERVER", "1") != "1":
         return None
     from deployments.engines import forkserver
 
-    return forkserver.start(FORK_SERVER_PRELOAD)
+    with worker_runtime_env(args):
+        return forkserver.start(FORK_SERVER_PRELOAD, child_setup=_in_engine_process)
+
+
+@contextlib.contextmanager
+def worker_runtime_env(args: dict[str, Any]):
+    """Sets, for the moment of the block, what vLLM will start the engine's worker with, before
+    the engine's config exists: ``LD_PRELOAD`` as vLLM's CPU platform sets it while it builds the
+    config (``vllm/platforms/cpu.py``: torch's libgomp appended unless an OpenMP runtime is
+    preloaded, tcmalloc from ``vllm/libs`` put first unless preloaded), and the thread count and
+    binding of its executor's ``OMPProcessManager`` for one worker (none where the engine runs
+    several: their bindings differ, and they are spawned). A wrong guess costs time, not
+    correctness: a worker whose variables differ from the fork server's is spawned (and the log
+    says which differ); ``tests/test_forkserver.py`` checks the guess against vLLM's config."""
+    from vllm.utils.ompmultiprocessing import OMPProcessManager
+
+    preload = _cpu_platform_preload(os.environ.get("LD_PRELOAD", ""))
+    one_worker = all(int(args.get(key) or 1) == 1 for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")) and not args.get("kv_transfer_config")
+    stub = SimpleNamespace(  # what OMPProcessManager reads of the config, for one worker
+        parallel_config=SimpleNamespace(local_world_size=1, data_parallel_rank_local=0, _api_process_count=1),
+        kv_transfer_config=None,
+    )
+    saved = os.environ.get("LD_PRELOAD")
+    if preload:
+        os.environ["LD_PRELOAD"] = preload
+    try:
+        with OMPProcessManager(stub).configure_omp_envs(rank=0, local_rank=0) if one_worker else contextlib.nullcontext():
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = saved
+
+
+def _cpu_platform_preload(preload: str) -> str:
+    """``LD_PRELOAD`` as vLLM's CPU platform will set it from ``preload`` (``vllm/platforms/
+    cpu.py``, ``check_and_update_config``)."""
+    import glob
+
+    import torch
+    import vllm
+
+    if not any(name in preload for name in ("libomp", "libgomp", "libiomp")):
+        torch_dir = os.path.dirname(torch.__file__)
+        dirs = (os.path.join(os.path.dirname(torch_dir), "torch.libs"), os.path.join(torch_dir, "lib"))
+        found = [f for d in dirs for f in glob.glob(os.path.join(d, "libgomp*.so*"))]
+        if found:
+            preload = f"{preload}:{found[0]}" if preload else found[0]
+    if "libtcmalloc" not in preload:
+        libs = os.path.join(os.path.dirname(vllm.__file__), "libs")
+        found = [f for pattern in ("libtcmalloc_minimal*.so*", "libtcmalloc.so*") for f in glob.glob(os.path.join(libs, pattern))]
+        if found:
+            preload = f"{found[0]}:{preload}" if preload else found[0]
+    return preload
+
+
+def _in_engine_process() -> None:
+    """First thing in each engine process started from the fork server: an engine core forked
+    from it starts its worker from the same server, and a process whose ``OMP_NUM_THREADS``
+    differs from the server's OpenMP runtime (the core: the worker's count is the server's)
+    gets its own, as it would spawned."""
+    from deployments.engines import forkserver
+
+    context = forkserver.context_here()
+    if context is None:  # spawned
+        return
+    from vllm.v1.executor import multiproc_executor
+
+    multiproc_executor.get_mp_context = lambda: context
+    wanted = os.environ.get("OMP_NUM_THREADS")
+    if wanted != forkserver.runtime().get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(wanted) if wanted else len(os.sched_getaffinity(0)))
 
 
 def on_cpu() -> bool:
@@ -141,7 +216,7 @@ class VLLMEngine(Engine):
         from deployments import loading
 
         args = self._engine_args()
-        fork_server = _start_fork_server() if cpu else None
+        fork_server = _start_fork_server(args) if cpu else None
         async_llm, vllm_config, self.tokenizer = await loading.exclusive(self._prepare, args, fork_server)
         self.llm = await asyncio.to_thread(
             async_llm.from_vllm_config,
@@ -174,15 +249,16 @@ class VLLMEngine(Engine):
 
     def _prepare(self, args: dict[str, Any], fork_server):
         """vLLM's engine class, its config and the tokenizer (imports and files: seconds); the
-        engine core will start from ``fork_server`` when there is one."""
+        engine's processes will start from ``fork_server`` when there is one."""
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM  # the engine's own modules: seconds
 
+        vllm_config = AsyncEngineArgs(**args).create_engine_config()
         if fork_server is not None:  # vLLM's process manager asks this for the context it starts cores with
             import vllm.v1.engine.utils as engine_utils
 
             engine_utils.get_mp_context = lambda: fork_server
-        return AsyncLLM, AsyncEngineArgs(**args).create_engine_config(), HFTokenizer.load(self.options.model_path)
+        return AsyncLLM, vllm_config, HFTokenizer.load(self.options.model_path)
 
     async def check_health(self) -> None:
         if self.llm is None:
