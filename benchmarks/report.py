@@ -317,7 +317,7 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
                  f"{part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the same folder, dtype "
                  "and engine arguments; same load as above.")
     if order:
-        named = ", ".join("the default config" if o == "graph" else "vLLM's own server" for o in order)
+        named = ", ".join(_PATH_LABELS[o] for o in order)
         described += (f" Each path ran twice, each time freshly started, in this order: {named}. The \"mean\" rows (and "
                       "the target) average a path's runs; the numbered rows are the runs, by their place in the order.")
     lines += [described, ""]

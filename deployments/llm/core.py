@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
@@ -198,6 +197,7 @@ class GenerationCore:
             async for message in messages:
                 yield message
 
+
 async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
     """An engine that fails mid-request is the server's trouble, not the client's: the client
     gets a 503 it may retry (the failure is logged, and the engine's health check makes Ray
@@ -213,6 +213,20 @@ async def _engine_faults_as_503(stream: AsyncIterator) -> AsyncIterator:
     except Exception as exc:  # noqa: BLE001
         logger.error("engine failed during a request: %r", exc)
         raise unavailable("The model's engine failed while generating; retry shortly.") from exc
+
+
+async def _pump(stream: AsyncIterator, queue: asyncio.Queue, end: object) -> None:
+    """Put ``stream``'s items in the (unbounded) ``queue`` as they come, then the exception it
+    raised if it failed, then ``end``. The stream runs, and is closed, in the calling task: a
+    consumer that cancels this task cancels the stream where it runs."""
+    try:
+        async with aclosing(stream):
+            async for item in stream:
+                queue.put_nowait(item)
+    except Exception as exc:  # noqa: BLE001 - re-raised by the consumer
+        queue.put_nowait(exc)
+    finally:
+        queue.put_nowait(end)
 
 
 async def coalesce(messages: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
@@ -231,18 +245,7 @@ async def coalesce(messages: AsyncIterator[str], interval_s: float) -> AsyncIter
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     end, window_closed = object(), object()
-
-    async def read() -> None:
-        try:
-            async with aclosing(messages):
-                async for message in messages:
-                    queue.put_nowait(message)
-        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer
-            queue.put_nowait(exc)
-        finally:
-            queue.put_nowait(end)
-
-    reader = asyncio.create_task(read())
+    reader = asyncio.create_task(_pump(messages, queue, end))
     timer: asyncio.TimerHandle | None = None
     held: list[str] = []
     last = float("-inf")  # loop time of the last message sent
@@ -280,18 +283,7 @@ async def merge(streams: list[AsyncIterator]) -> AsyncIterator:
     """Items of several async iterators as they come; closing the merge closes them all."""
     queue: asyncio.Queue = asyncio.Queue()
     done = object()
-
-    async def pump(stream: AsyncIterator) -> None:
-        try:
-            async with aclosing(stream):
-                async for item in stream:
-                    await queue.put(item)
-        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer
-            await queue.put(exc)
-        finally:
-            await queue.put(done)
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    tasks = [asyncio.create_task(_pump(stream, queue, done)) for stream in streams]
     try:
         remaining = len(tasks)
         while remaining:
