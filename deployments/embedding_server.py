@@ -44,7 +44,10 @@ class EmbeddingServer:
         started = time.monotonic()
         path = await loading.exclusive(model_store.resolve, config.source)  # off the loop, as the LLM server does
         logger.info("Embedding model %s: loading %s", config.id, model_store.describe(path))
+        self.dtype = resolve_dtype(config.dtype)
         self.model = await loading.exclusive(self._load, path)
+        # a model that normalises its vectors did so in its own dtype: redone in float32 below
+        self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         # The event loop counts and decodes tokens while the batcher's thread encodes: with a
         # copy of its own, since a fast tokenizer's padding and truncation are state on the
         # shared Rust object, and counting (no padding) switched padding off under a running
@@ -57,7 +60,9 @@ class EmbeddingServer:
             raise ValueError(f"{config.id}: dimensions {config.dimensions} > the model's {self.native_dimensions}")
         self.dimensions = config.dimensions or self.native_dimensions
         self.batcher = Batcher(self._encode, config.max_batch_size * BATCHES_PER_CALL, config.batch_wait_timeout_s)
-        logger.info("Embedding model %s ready (%d dims) in %.1f s", config.id, self.dimensions, time.monotonic() - started)
+        logger.info(
+            "Embedding model %s ready (%d dims, %s) in %.1f s", config.id, self.dimensions, self.dtype, time.monotonic() - started
+        )
 
     def _load(self, path: str):
         import torch
@@ -65,7 +70,7 @@ class EmbeddingServer:
 
         if self.config.torch_threads:
             torch.set_num_threads(self.config.torch_threads)
-        return SentenceTransformer(path, device="cpu")
+        return SentenceTransformer(path, device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)})
 
     def info(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,7 @@ class EmbeddingServer:
             "dimensions": self.dimensions,
             "request_dimensions": "cut and renormalise" if self.config.allow_request_dimensions else "fixed",
             "engine": "sentence-transformers",
+            "dtype": self.dtype,
             "long_inputs": "truncate" if self.config.truncate else "reject with 400",
         }
 
@@ -155,7 +161,31 @@ class EmbeddingServer:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(texts, batch_size=self.config.max_batch_size, convert_to_numpy=True).astype(np.float32)
+        vectors = self.model.encode(texts, batch_size=self.config.max_batch_size, convert_to_numpy=True).astype(np.float32)
+        if self.normalizes and self.dtype != "float32":  # unit length to float32's precision
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+
+def resolve_dtype(dtype: str, cpu_flags: set[str] | None = None) -> str:
+    """The configured dtype, with ``auto`` made concrete: bfloat16 where the hardware computes it
+    natively (an NVIDIA GPU that supports it; a CPU with AMX or AVX512-BF16), float32 elsewhere,
+    where bfloat16 would be emulated. Embedding models run on the CPU here."""
+    if dtype != "auto":
+        return dtype
+    flags = cpu_flags if cpu_flags is not None else _cpu_flags()
+    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 class Batcher:

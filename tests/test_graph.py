@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import running_after
 from tests.spec import validate
+from tests.vectors import assert_same_vectors
 
 pytestmark = pytest.mark.graph
 
@@ -152,6 +153,7 @@ def test_legacy_completion(client):
 
 # --------------------------------------------------------------------------- embeddings
 def test_embeddings_single_list_and_semantics(client, graph):
+    dtype = client.models.retrieve(EMBED_MODEL).model_extra["dtype"]  # float32, or bfloat16 where the CPU has it
     single = client.embeddings.create(model=EMBED_MODEL, input="king")
     assert len(single.data) == 1 and len(single.data[0].embedding) == 384
     words = ["king", "queen", "carburetor"]
@@ -159,7 +161,7 @@ def test_embeddings_single_list_and_semantics(client, graph):
     assert [d.index for d in out.data] == [0, 1, 2]
     assert out.usage.prompt_tokens == sum(len(ids) for ids in minilm_tokenizer()(words)["input_ids"])
     vec = {w: np.array(d.embedding) for w, d in zip(words, out.data)}
-    assert np.allclose(vec["king"], single.data[0].embedding, atol=1e-5)
+    assert_same_vectors(vec["king"], single.data[0].embedding, dtype)
     assert vec["king"] @ vec["queen"] > vec["king"] @ vec["carburetor"]
     raw = httpx.post(
         graph.base_url + "/v1/embeddings", json={"model": EMBED_MODEL, "input": words, "encoding_format": "float"}, timeout=60
@@ -174,9 +176,9 @@ def test_embeddings_single_list_and_semantics(client, graph):
     ids = minilm_tokenizer()(words, add_special_tokens=False)["input_ids"]
     one = client.embeddings.create(model=EMBED_MODEL, input=ids[0], encoding_format="float")
     many = client.embeddings.create(model=EMBED_MODEL, input=ids, encoding_format="float")
-    assert np.allclose(one.data[0].embedding, raw["data"][0]["embedding"], atol=1e-5)
+    assert_same_vectors(one.data[0].embedding, raw["data"][0]["embedding"], dtype)
     for f, t in zip(raw["data"], many.data):
-        assert np.allclose(t.embedding, f["embedding"], atol=1e-5)
+        assert np.allclose(t.embedding, f["embedding"], atol=1e-5)  # the same inputs: the same computation
     assert many.usage.prompt_tokens == out.usage.prompt_tokens
 
 
