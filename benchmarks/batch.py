@@ -203,7 +203,7 @@ def bench_embeddings(logs: Path, concurrency: int = EMBED_CONCURRENCY, quick: bo
     n = 500 if quick else SENTENCES
     graph = bench_graph(embedding_file(n), "/v1/embeddings", concurrency, logs)
     cfg = embeddings.embedding_config()
-    raw = embeddings.bench_raw(resolve(cfg["source"]), n, cfg["max_batch_size"], cfg["torch_threads"], logs)
+    raw = embeddings.bench_raw(resolve(cfg["source"]), n, cfg["max_batch_size"], cfg["torch_threads"], cfg["dtype"], logs)
     raw_rate = raw.get("sentences_per_s") or raw.get("per_s")
     return {"graph": graph, "raw": raw, "ratio": round(graph["lines_per_s"] / raw_rate, 3) if raw_rate else None}
 

@@ -46,7 +46,10 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def embedding_config(config_file: str = CONFIG) -> dict:
-    """The first embedding model of the config: id, source, torch threads, batch size."""
+    """The first embedding model of the config: id, source, torch threads, batch size, and the
+    dtype its replica runs on this machine (every baseline runs the same)."""
+    from deployments.embedding_server import resolve_dtype
+
     config = yaml.safe_load((REPO / config_file).read_text())
     entry = config["applications"][0]["args"]["embeddings"][0]
     return {
@@ -54,6 +57,7 @@ def embedding_config(config_file: str = CONFIG) -> dict:
         "source": entry["source"],
         "torch_threads": entry.get("torch_threads") or os.cpu_count(),
         "max_batch_size": entry.get("max_batch_size", 64),
+        "dtype": resolve_dtype(entry.get("dtype", "auto")),
     }
 
 
@@ -127,15 +131,16 @@ def load_both(base_url: str, model: str, n_single: int, n_batch16: int) -> dict:
     }
 
 
-def raw_encode(path: str, n: int, batch_size: int, threads: int) -> None:
-    """``SentenceTransformer.encode`` on n sentences in batches; prints ``RESULT {json}``."""
+def raw_encode(path: str, n: int, batch_size: int, threads: int, dtype: str = "float32") -> None:
+    """``SentenceTransformer.encode`` on n sentences in batches, the model loaded in ``dtype`` as
+    the replica loads it; prints ``RESULT {json}``."""
     import json
 
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(path, device="cpu")
+    model = SentenceTransformer(path, device="cpu", model_kwargs={"dtype": getattr(torch, dtype)})
     texts = sentences(n, seed=16)
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm up
     start = time.perf_counter()
@@ -143,20 +148,20 @@ def raw_encode(path: str, n: int, batch_size: int, threads: int) -> None:
     wall = time.perf_counter() - start
     assert len(vectors) == n
     print("RESULT " + json.dumps({
-        "sentences": n, "batch_size": batch_size, "torch_threads": threads,
+        "sentences": n, "batch_size": batch_size, "torch_threads": threads, "dtype": dtype,
         "wall_s": round(wall, 2), "sentences_per_s": round(n / wall, 1),
     }))
 
 
-def bench_raw(path: str, n: int, batch_size: int, threads: int, logs: Path) -> dict:
-    code = f"from benchmarks.embeddings import raw_encode; raw_encode({path!r}, {n}, {batch_size}, {threads})"
+def bench_raw(path: str, n: int, batch_size: int, threads: int, dtype: str, logs: Path) -> dict:
+    code = f"from benchmarks.embeddings import raw_encode; raw_encode({path!r}, {n}, {batch_size}, {threads}, {dtype!r})"
     out = result_line(["-c", code], "raw encode", timeout=1800, log=logs / "raw-encode.log")
     print(f"raw encode: {out}", flush=True)
     return out
 
 
-def bench_infinity(path: str, model: str, batch_size: int, n_single: int, n_batch16: int, logs: Path) -> dict:
-    """Infinity from its own virtualenv on the same folder, offline; the same two loads."""
+def bench_infinity(path: str, model: str, batch_size: int, dtype: str, n_single: int, n_batch16: int, logs: Path) -> dict:
+    """Infinity from its own virtualenv on the same folder and dtype, offline; the same two loads."""
     from tests.conftest import free_port
 
     if not INFINITY.exists():
@@ -164,7 +169,7 @@ def bench_infinity(path: str, model: str, batch_size: int, n_single: int, n_batc
     port = free_port()
     cmd = [
         str(INFINITY), "v2", "--model-id", path, "--served-model-name", model, "--engine", "torch",
-        "--device", "cpu", "--batch-size", str(batch_size), "--no-bettertransformer",
+        "--device", "cpu", "--batch-size", str(batch_size), "--dtype", dtype, "--no-bettertransformer",
         "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1", "--log-level", "warning",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}

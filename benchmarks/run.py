@@ -169,11 +169,11 @@ def run_embeddings(todo: list[str], store: Store, args, logs: Path) -> None:
     if "embeddings-raw" in todo:
         print("== embeddings-raw", flush=True)
         emb = _emb_part(store, todo, cfg, path)
-        store.record(emb, "raw", attempt("embeddings-raw", embeddings.bench_raw, path, n_batch16 * 16, cfg["max_batch_size"], cfg["torch_threads"], logs))
+        store.record(emb, "raw", attempt("embeddings-raw", embeddings.bench_raw, path, n_batch16 * 16, cfg["max_batch_size"], cfg["torch_threads"], cfg["dtype"], logs))
     if "embeddings-infinity" in todo:
         print("== embeddings-infinity", flush=True)
         emb = _emb_part(store, todo, cfg, path)
-        store.record(emb, "infinity", attempt("embeddings-infinity", embeddings.bench_infinity, path, cfg["id"], cfg["max_batch_size"], n_single, n_batch16, logs))
+        store.record(emb, "infinity", attempt("embeddings-infinity", embeddings.bench_infinity, path, cfg["id"], cfg["max_batch_size"], cfg["dtype"], n_single, n_batch16, logs))
 
 
 def run_audio(todo: list[str], store: Store, args, logs: Path) -> None:
@@ -211,7 +211,7 @@ def run_batch(todo: list[str], store: Store, args, logs: Path) -> None:
 def _emb_part(store: Store, todo: list[str], cfg: dict, path: str) -> dict:
     from benchmarks.embeddings import IN_FLIGHT
 
-    return store.part("embeddings", {"in_flight": IN_FLIGHT, "torch_threads": cfg["torch_threads"],
+    return store.part("embeddings", {"in_flight": IN_FLIGHT, "torch_threads": cfg["torch_threads"], "dtype": cfg["dtype"],
                                      "batch_size": cfg["max_batch_size"], "model_path": path},
                       whole=all(t in todo for t in PARTS["embeddings"]))
 
