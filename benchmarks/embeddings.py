@@ -46,16 +46,19 @@ def sentences(n: int, seed: int = 0) -> list[str]:
 
 
 def embedding_config(config_file: str = CONFIG) -> dict:
-    """The first embedding model of the config: id, source, torch threads, batch size, and the
-    dtype its replica runs on this machine (every baseline runs the same)."""
+    """The first embedding model of the config: id, source, batch size, the torch threads its
+    replica runs in all (workers x threads each) and the dtype it runs on this machine: every
+    baseline encodes with the same dtype and as many threads, in one encoder."""
     from deployments.embedding_server import resolve_dtype
 
     config = yaml.safe_load((REPO / config_file).read_text())
     entry = config["applications"][0]["args"]["embeddings"][0]
+    workers = entry.get("num_workers", 1)
     return {
         "id": entry["id"],
         "source": entry["source"],
-        "torch_threads": entry.get("torch_threads") or os.cpu_count(),
+        "num_workers": workers,
+        "torch_threads": (entry.get("torch_threads") or max(1, os.cpu_count() // workers)) * workers,
         "max_batch_size": entry.get("max_batch_size", 64),
         "dtype": resolve_dtype(entry.get("dtype", "auto")),
     }

@@ -363,7 +363,9 @@ def render_embeddings(results: dict) -> list[str]:
         return lines
     s = emb.get("settings", {})
     lines += [(f"Model all-MiniLM-L6-v2 (`{s.get('model_path', '?')}`), the same folder for all three; one process each "
-              f"(the graph runs one replica), torch threads {s.get('torch_threads')}, batch size {s.get('batch_size')}, "
+              f"(the graph runs one replica), torch threads {s.get('torch_threads')} in all"
+              + (f" (the replica: {s['num_workers']} encoding workers sharing them)" if s.get("num_workers", 1) > 1 else "")
+              + f", batch size {s.get('batch_size')}, "
               f"dtype {s.get('dtype', 'float32')}; "
               "sentences fixed and seeded, 6, 16 and 48 words in turn; the official `openai` client."), ""]
     graph, raw, inf = emb.get("graph") or {}, emb.get("raw") or {}, emb.get("infinity") or {}

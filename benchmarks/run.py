@@ -211,7 +211,7 @@ def run_batch(todo: list[str], store: Store, args, logs: Path) -> None:
 def _emb_part(store: Store, todo: list[str], cfg: dict, path: str) -> dict:
     from benchmarks.embeddings import IN_FLIGHT
 
-    return store.part("embeddings", {"in_flight": IN_FLIGHT, "torch_threads": cfg["torch_threads"], "dtype": cfg["dtype"],
+    return store.part("embeddings", {"in_flight": IN_FLIGHT, "torch_threads": cfg["torch_threads"], "num_workers": cfg["num_workers"], "dtype": cfg["dtype"],
                                      "batch_size": cfg["max_batch_size"], "model_path": path},
                       whole=all(t in todo for t in PARTS["embeddings"]))
 

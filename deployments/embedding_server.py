@@ -1,12 +1,16 @@
 """The embedding model server: OpenAI ``/v1/embeddings`` on sentence-transformers.
 
 Concurrent requests are encoded together: each request's inputs join one batch, sized in
-*inputs* (not requests) and closed after ``batch_wait_timeout_s``. A batch holds up to
-``BATCHES_PER_CALL`` forward passes of ``max_batch_size`` inputs: sentence-transformers sorts a
-call's inputs by length before cutting them into passes, so under load each pass pads its inputs
-to a similar length instead of to the longest of a mixed bunch (measured: the replica's CPU per
-16-sentence request fell by about 40% in a quick run, BENCHMARKS.md). Encoding runs in a worker thread so the
-event loop keeps accepting requests while a batch computes.
+*inputs* (not requests) and closed after ``batch_wait_timeout_s``. A batch (one encode call)
+holds about ``INPUTS_PER_CALL`` inputs, in whole forward passes of ``max_batch_size``:
+sentence-transformers sorts a call's inputs by length before cutting them into passes, so under
+load each pass pads its inputs to a similar length instead of to the longest of a mixed bunch
+(measured: the replica's CPU per 16-sentence request fell by about 40% in a quick run,
+BENCHMARKS.md). Encoding runs in worker threads so the event loop keeps accepting requests while
+a batch computes: ``num_workers`` batches at once, each on ``torch_threads`` torch threads of
+its own. Two single-threaded workers on 2 cores encoded 1.04-1.27x as many sentences per second
+as one worker on two threads (BENCHMARKS.md, session 10): no OpenMP barrier for a busy event
+loop to stall, and one worker computes while the other's batch is handed out.
 
 The batcher is a small class of its own rather than Ray Serve's ``@serve.batch``: that decorator
 needs a replica context (it fails in-process, where the fast tests run this server) and counts
@@ -19,7 +23,9 @@ import asyncio
 import copy
 import itertools
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,8 +37,9 @@ from deployments.protocol import EmbeddingRequest
 
 logger = logging.getLogger("ray.serve")
 
-# forward passes one encode call may hold (inputs sorted by length across them)
-BATCHES_PER_CALL = 4
+# inputs one encode call holds at most (sorted by length across its forward passes), rounded
+# down to whole passes: longer calls pad less, but an online request may wait behind one
+INPUTS_PER_CALL = 256
 
 
 class EmbeddingServer:
@@ -59,18 +66,35 @@ class EmbeddingServer:
         if config.dimensions is not None and config.dimensions > self.native_dimensions:
             raise ValueError(f"{config.id}: dimensions {config.dimensions} > the model's {self.native_dimensions}")
         self.dimensions = config.dimensions or self.native_dimensions
-        self.batcher = Batcher(self._encode, config.max_batch_size * BATCHES_PER_CALL, config.batch_wait_timeout_s)
+        self.threads = config.torch_threads or max(1, len(os.sched_getaffinity(0)) // config.num_workers)
+        self.batcher = Batcher(
+            self._encode,
+            max(1, INPUTS_PER_CALL // config.max_batch_size) * config.max_batch_size,
+            config.batch_wait_timeout_s,
+            workers=config.num_workers,
+            thread_init=self._init_worker,
+        )
         logger.info(
-            "Embedding model %s ready (%d dims, %s) in %.1f s", config.id, self.dimensions, self.dtype, time.monotonic() - started
+            "Embedding model %s ready (%d dims, %s, %d worker(s) x %d torch thread(s)) in %.1f s",
+            config.id,
+            self.dimensions,
+            self.dtype,
+            config.num_workers,
+            self.threads,
+            time.monotonic() - started,
         )
 
     def _load(self, path: str):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if self.config.torch_threads:
-            torch.set_num_threads(self.config.torch_threads)
         return SentenceTransformer(path, device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)})
+
+    def _init_worker(self) -> None:
+        """Runs in each encoding thread: torch's thread count is the calling thread's."""
+        import torch
+
+        torch.set_num_threads(self.threads)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -84,6 +108,8 @@ class EmbeddingServer:
             "request_dimensions": "cut and renormalise" if self.config.allow_request_dimensions else "fixed",
             "engine": "sentence-transformers",
             "dtype": self.dtype,
+            "workers": self.config.num_workers,
+            "torch_threads": self.threads,
             "long_inputs": "truncate" if self.config.truncate else "reject with 400",
         }
 
@@ -191,8 +217,9 @@ def _cpu_flags() -> set[str]:
 class Batcher:
     """Joins concurrent ``submit(items)`` calls into batches of at most ``max_items`` items.
 
-    One batch runs at a time, in a worker thread; requests arriving meanwhile queue up and form
-    the next batch, so under load batches fill without waiting. A request larger than
+    Up to ``workers`` batches run at once, each in a worker thread (started by ``thread_init``);
+    requests arriving while every worker is busy queue up and form the next batch, so under load
+    batches fill without waiting. A request larger than
     ``max_items`` is split across batches. Low-priority submissions (a batch file's lines) wait
     behind every online one queued: a batch fills the model's idle time, online requests wait
     for at most the batch being encoded.
@@ -200,10 +227,12 @@ class Batcher:
 
     ONLINE, LOW = 0, 1
 
-    def __init__(self, fn, max_items: int, wait_s: float) -> None:
+    def __init__(self, fn, max_items: int, wait_s: float, workers: int = 1, thread_init=None) -> None:
         self.fn = fn
         self.max_items = max_items
         self.wait_s = wait_s
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="encode", initializer=thread_init)
         # (priority, arrival, items, future): online first, then in arrival order
         self.queue: asyncio.PriorityQueue[tuple[int, int, list, asyncio.Future]] = asyncio.PriorityQueue()
         self._arrivals = itertools.count()
@@ -231,12 +260,16 @@ class Batcher:
         return task.exception()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.workers)
+        running: set[asyncio.Task] = set()
         while True:
+            await free.acquire()  # a batch forms once a worker can take it: meanwhile requests queue up
             batch = [await self.queue.get()]
             size = len(batch[0][2])
-            deadline = asyncio.get_running_loop().time() + self.wait_s
+            deadline = loop.time() + self.wait_s
             while size < self.max_items:
-                remaining = deadline - asyncio.get_running_loop().time()
+                remaining = deadline - loop.time()
                 try:
                     item = self.queue.get_nowait() if remaining <= 0 else await asyncio.wait_for(self.queue.get(), remaining)
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
@@ -250,16 +283,25 @@ class Batcher:
                 size += len(item[2])
             parts = [(items, fut) for _, _, items, fut in batch if not fut.cancelled()]
             if not parts:
+                free.release()
                 continue
-            try:
-                vectors = await asyncio.to_thread(self.fn, [x for items, _ in parts for x in items])
-            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
-                for _, fut in parts:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            start = 0
-            for items, fut in parts:
+            task = loop.create_task(self._encode(parts))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: free.release())
+
+    async def _encode(self, parts: list[tuple[list, asyncio.Future]]) -> None:
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.fn, [x for items, _ in parts for x in items]
+            )
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+            for _, fut in parts:
                 if not fut.done():
-                    fut.set_result(vectors[start : start + len(items)])
-                start += len(items)
+                    fut.set_exception(exc)
+            return
+        start = 0
+        for items, fut in parts:
+            if not fut.done():
+                fut.set_result(vectors[start : start + len(items)])
+            start += len(items)

