@@ -39,7 +39,9 @@ models: install
 # Ray reads its serving settings when it starts: configs/serving.env goes into serve run's env.
 SERVING_ENV := $(shell grep -v '^\#' configs/serving.env | grep = | xargs)
 
+# An HAProxy orphaned by an earlier run would keep its ports and fail this one (deployments/stale_haproxy.py).
 serve: models
+	$(PY) -m deployments.stale_haproxy
 	env $(SERVING_ENV) $(VENV)/bin/serve run serve_config.yaml
 
 test: models clients

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,7 +33,9 @@ class ServeApp:
     """``serve run <config>`` in a subprocess, as ``make serve`` runs it; stopped with Ctrl-C."""
 
     def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str] | None = None) -> None:
-        from deployments import serving_env
+        from deployments import serving_env, stale_haproxy
+
+        stale_haproxy.stop()  # as `make serve` does: an orphan from an earlier app holds HAProxy's ports
 
         self.base_url = f"http://127.0.0.1:{port}"
         self.config_path = config_path
@@ -85,6 +88,12 @@ class ServeApp:
                 self.proc.wait(timeout=30)
         leftovers = engine_processes() + haproxy_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
+        # `ray stop` leaves HAProxy (not a Ray process) running: one left would hold the port and
+        # make the next `serve run` fail ("HAProxy crashed during startup"), seen once after a
+        # benchmark's load, so the next app of a session gets a clean machine either way
+        for line in haproxy_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
         assert not (graceful and leftovers), f"engine or HAProxy processes outlived the app: {leftovers}"
 
 
