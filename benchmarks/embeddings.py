@@ -49,18 +49,18 @@ def embedding_config(config_file: str = CONFIG) -> dict:
     """The first embedding model of the config: id, source, batch size, the torch threads its
     replica runs in all (workers x threads each) and the dtype it runs on this machine: every
     baseline encodes with the same dtype and as many threads, in one encoder."""
+    from deployments.config import EmbeddingConfig
     from deployments.embedding_server import resolve_dtype
 
     config = yaml.safe_load((REPO / config_file).read_text())
-    entry = config["applications"][0]["args"]["embeddings"][0]
-    workers = entry.get("num_workers", 1)
+    entry = EmbeddingConfig.model_validate(config["applications"][0]["args"]["embeddings"][0])  # its defaults too
     return {
-        "id": entry["id"],
-        "source": entry["source"],
-        "num_workers": workers,
-        "torch_threads": (entry.get("torch_threads") or max(1, os.cpu_count() // workers)) * workers,
-        "max_batch_size": entry.get("max_batch_size", 64),
-        "dtype": resolve_dtype(entry.get("dtype", "auto")),
+        "id": entry.id,
+        "source": entry.source,
+        "num_workers": entry.num_workers,
+        "torch_threads": entry.worker_threads() * entry.num_workers,
+        "max_batch_size": entry.max_batch_size,
+        "dtype": resolve_dtype(entry.dtype),
     }
 
 

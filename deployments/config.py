@@ -8,6 +8,7 @@ deployments are named ``llm-<id>``, ``embed-<id>``, ``audio-<id>`` and ``Ingress
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -220,6 +221,11 @@ class EmbeddingConfig(_ModelConfig):
         "AVX512-BF16; 2.9x float32's speed on an AMX CPU, vectors at cosine >= 0.9999 of float32's), else "
         "float32. Vectors are returned as float32, unit length where the model normalises, either way.",
     )
+
+    def worker_threads(self) -> int:
+        """torch threads of each encoding worker: as set, or the cores this process may run on
+        shared among the workers."""
+        return self.torch_threads or max(1, len(os.sched_getaffinity(0)) // self.num_workers)
 
 
 class AudioConfig(_ModelConfig):

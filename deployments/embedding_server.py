@@ -23,7 +23,6 @@ import asyncio
 import copy
 import itertools
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -66,7 +65,7 @@ class EmbeddingServer:
         if config.dimensions is not None and config.dimensions > self.native_dimensions:
             raise ValueError(f"{config.id}: dimensions {config.dimensions} > the model's {self.native_dimensions}")
         self.dimensions = config.dimensions or self.native_dimensions
-        self.threads = config.torch_threads or max(1, len(os.sched_getaffinity(0)) // config.num_workers)
+        self.threads = config.worker_threads()
         self.batcher = Batcher(
             self._encode,
             max(1, INPUTS_PER_CALL // config.max_batch_size) * config.max_batch_size,
