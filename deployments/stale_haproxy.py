@@ -44,27 +44,31 @@ def orphans() -> list[tuple[int, str]]:
     return found
 
 
-def stop(timeout_s: float = 10.0) -> list[int]:
-    """SIGTERM each orphan, SIGKILL what is still there after ``timeout_s``; the pids stopped."""
-    pids = [pid for pid, _ in orphans()]
+def stop(timeout_s: float = 10.0) -> list[tuple[int, str]]:
+    """SIGTERM each orphan, SIGKILL what is still there after ``timeout_s``; the ones stopped."""
+    found = orphans()
+
+    def left() -> set[int]:
+        return {pid for pid, _ in found} & {pid for pid, _ in orphans()}
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = left()
+        if not pids:
+            break
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and {pid for pid, _ in orphans()} & set(pids):
+        while left() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not {pid for pid, _ in orphans()} & set(pids):
-            break
-    return pids
+    return found
 
 
 def main() -> None:
-    for pid, args in orphans():
-        print(f"Stopping HAProxy {pid}, left by an earlier serve run: {args}", flush=True)
-    stop()
+    for pid, args in stop():
+        print(f"Stopped HAProxy {pid}, left by an earlier serve run: {args}", flush=True)
 
 
 if __name__ == "__main__":

@@ -88,9 +88,9 @@ class ServeApp:
                 self.proc.wait(timeout=30)
         leftovers = engine_processes() + haproxy_processes()
         subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, timeout=120)
-        # `ray stop` leaves HAProxy (not a Ray process) running: one left would hold the port and
-        # make the next `serve run` fail ("HAProxy crashed during startup"), seen once after a
-        # benchmark's load, so the next app of a session gets a clean machine either way
+        # `ray stop` leaves HAProxy (not a Ray process) running: one left would hold its ports and
+        # make the next `serve run` fail ("HAProxy crashed during startup"); the next start also
+        # clears orphans (stale_haproxy), which caught one that this did not (BENCHMARKS.md s. 11)
         for line in haproxy_processes():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split()[0]), signal.SIGKILL)
