@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import math
 import random
@@ -43,6 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from deployments import jsontext
 from deployments.auth import Key
 from deployments.errors import APIError, ErrorKind
 from deployments.usage import UsageTap
@@ -488,7 +488,7 @@ class RateLimit:
 
 
 async def _refuse(send, error: APIError, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps(error.body()).encode()
+    body = jsontext.dumps(error.body())
     extra = [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
     start: dict[str, Any] = {
         "type": "http.response.start",

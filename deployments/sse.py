@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from deployments.jsontext import dumps_str
+
 DONE = "data: [DONE]\n\n"
 
 
 def event(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"data: {dumps_str(payload)}\n\n"
 
 
 def error_then_done(body: dict[str, Any]) -> str:
@@ -29,7 +31,7 @@ USAGE_COMMENT = ": usage "
 
 def usage_comment(usage: dict[str, int]) -> str:
     """The stream's usage (prompt and completion tokens) as an SSE comment event."""
-    return f"{USAGE_COMMENT}{json.dumps(usage, separators=(',', ':'))}\n\n"
+    return f"{USAGE_COMMENT}{dumps_str(usage)}\n\n"
 
 
 def take_usage_comment(message: bytes) -> tuple[bytes, dict[str, int] | None]:
@@ -49,7 +51,7 @@ def take_usage_comment(message: bytes) -> tuple[bytes, dict[str, int] | None]:
 
 def named_event(name: str, payload: dict[str, Any]) -> str:
     """An event with an ``event:`` name line (the Responses API's typed events)."""
-    return f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {name}\ndata: {dumps_str(payload)}\n\n"
 
 
 def data_payloads(message: str) -> list[Any]:

@@ -358,7 +358,7 @@ def test_store_records_a_line_once(tmp_path):
     assert store.counts("b1") == (1, 0, 3, 4)
     store.close()
     reopened = Store(str(tmp_path / "db.sqlite"))
-    assert reopened.results("b1", True) == ['{"x": 1}'] and reopened.done_lines("b1") == {0}
+    assert [json.loads(r) for r in reopened.results("b1", True)] == [{"x": 1}] and reopened.done_lines("b1") == {0}
 
 
 async def test_a_batch_past_its_window_expires_with_unfinished_lines_in_the_error_file(app, tmp_path):

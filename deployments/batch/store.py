@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Any
 
+from deployments.jsontext import dumps_str
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, owner TEXT NOT NULL,
@@ -148,7 +150,7 @@ class Store:
     def record_many(self, batch_id: str, rows: list[tuple[int, str | None, bool, dict[str, Any], int, int]]) -> int:
         """Record lines' results ``(line, custom_id, ok, output, input_tokens, output_tokens)`` in
         one transaction, each once; returns how many were new (an already recorded one stands)."""
-        values = [(batch_id, line, cid, int(ok), json.dumps(out), inp, outp) for line, cid, ok, out, inp, outp in rows]
+        values = [(batch_id, line, cid, int(ok), dumps_str(out), inp, outp) for line, cid, ok, out, inp, outp in rows]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

@@ -17,7 +17,7 @@ import re
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,7 +27,7 @@ from deployments import protocol
 from deployments.batch.service import owner_of
 from deployments.errors import invalid
 from deployments.protocol import batch as bp
-from deployments.routes.common import ERRORS, app_state
+from deployments.routes.common import ERRORS, JSONBody, app_state
 
 router = APIRouter()
 MAX_FIELDS = 8
@@ -106,7 +106,7 @@ async def read_upload(request: Request) -> tuple[dict[str, Any], str, bytes]:
 
 
 @router.post("/v1/files", responses={200: {"model": bp.FileObject}, **ERRORS}, openapi_extra=UPLOAD_FORM)
-async def create_file(request: Request) -> JSONResponse:
+async def create_file(request: Request) -> JSONBody:
     """``CreateFileRequest`` (multipart: ``file``, ``purpose: batch``, optional ``expires_after``) -> ``OpenAIFile``."""
     fields, filename, data = await read_upload(request)
     try:
@@ -114,7 +114,7 @@ async def create_file(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise protocol.validation_error(exc) from None
     expires_after = form.expires_after.model_dump() if form.expires_after else None
-    return JSONResponse(await _service(request).create_file(owner(request), filename, form.purpose, data, expires_after))
+    return JSONBody(await _service(request).create_file(owner(request), filename, form.purpose, data, expires_after))
 
 
 @router.get("/v1/files", responses={200: {"model": bp.FileList}, **ERRORS})
@@ -124,15 +124,15 @@ async def list_files(
     after: str | None = Query(None, description="A file id: the page after it."),
     limit: int = Query(10000, json_schema_extra={"minimum": 1, "maximum": 10000}),
     order: Literal["asc", "desc"] = "desc",
-) -> JSONResponse:
+) -> JSONBody:
     """``ListFilesResponse``: this key's files (expired ones are gone)."""
-    return JSONResponse(await _service(request).list_files(owner(request), purpose, after, limit, order))
+    return JSONBody(await _service(request).list_files(owner(request), purpose, after, limit, order))
 
 
 @router.get("/v1/files/{file_id}", responses={200: {"model": bp.FileObject}, **ERRORS})
-async def retrieve_file(request: Request, file_id: str = FILE_ID) -> JSONResponse:
+async def retrieve_file(request: Request, file_id: str = FILE_ID) -> JSONBody:
     """``OpenAIFile``."""
-    return JSONResponse(await _service(request).get_file(owner(request), file_id))
+    return JSONBody(await _service(request).get_file(owner(request), file_id))
 
 
 @router.get("/v1/files/{file_id}/content", response_class=Response, responses={200: CONTENT, **ERRORS})
@@ -142,16 +142,16 @@ async def file_content(request: Request, file_id: str = FILE_ID) -> Response:
 
 
 @router.delete("/v1/files/{file_id}", responses={200: {"model": bp.FileDeleted}, **ERRORS})
-async def delete_file(request: Request, file_id: str = Path(description=FILE_ID.description, examples=["file-abc456"])) -> JSONResponse:
+async def delete_file(request: Request, file_id: str = Path(description=FILE_ID.description, examples=["file-abc456"])) -> JSONBody:
     """``DeleteFileResponse``."""
-    return JSONResponse(await _service(request).delete_file(owner(request), file_id))
+    return JSONBody(await _service(request).delete_file(owner(request), file_id))
 
 
 @router.post("/v1/batches", responses={200: {"model": bp.BatchObject}, **ERRORS})
-async def create_batch(body: bp.CreateBatchRequest, request: Request) -> JSONResponse:
+async def create_batch(body: bp.CreateBatchRequest, request: Request) -> JSONBody:
     """``CreateBatchRequest`` -> ``Batch`` (validating)."""
     fields = body.model_dump(mode="json", exclude_unset=True)
-    return JSONResponse(await _service(request).create_batch(owner(request), models(request), fields))
+    return JSONBody(await _service(request).create_batch(owner(request), models(request), fields))
 
 
 @router.get("/v1/batches", responses={200: {"model": bp.BatchList}, **ERRORS})
@@ -159,18 +159,18 @@ async def list_batches(
     request: Request,
     after: str | None = Query(None, description="A batch id: the page after it."),
     limit: int = Query(20, json_schema_extra={"minimum": 1, "maximum": 100}),
-) -> JSONResponse:
+) -> JSONBody:
     """``ListBatchesResponse``: this key's batches, newest first."""
-    return JSONResponse(await _service(request).list_batches(owner(request), after, limit))
+    return JSONBody(await _service(request).list_batches(owner(request), after, limit))
 
 
 @router.get("/v1/batches/{batch_id}", responses={200: {"model": bp.BatchObject}, **ERRORS})
-async def retrieve_batch(request: Request, batch_id: str = BATCH_ID) -> JSONResponse:
+async def retrieve_batch(request: Request, batch_id: str = BATCH_ID) -> JSONBody:
     """``Batch``, with ``request_counts`` as they stand."""
-    return JSONResponse(await _service(request).get_batch(owner(request), batch_id))
+    return JSONBody(await _service(request).get_batch(owner(request), batch_id))
 
 
 @router.post("/v1/batches/{batch_id}/cancel", responses={200: {"model": bp.BatchObject}, **ERRORS})
-async def cancel_batch(request: Request, batch_id: str = BATCH_ID) -> JSONResponse:
+async def cancel_batch(request: Request, batch_id: str = BATCH_ID) -> JSONBody:
     """``Batch`` (cancelling): lines in flight are dropped, finished ones stay in the output."""
-    return JSONResponse(await _service(request).cancel_batch(owner(request), batch_id))
+    return JSONBody(await _service(request).cancel_batch(owner(request), batch_id))

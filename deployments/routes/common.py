@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from deployments import protocol, sse
+from deployments import jsontext, protocol, sse
 from deployments.config import ServerConfig
 from deployments.errors import APIError, ErrorKind, internal, invalid, unavailable
 from deployments.responses import ResponseStore
@@ -67,7 +67,7 @@ class AppState:
             return error_response(as_api_error(exc, self.retry_after_s))
         if isinstance(result, str):
             return Response(result, media_type="text/plain; charset=utf-8")
-        return JSONResponse(result)
+        return JSONBody(result)
 
     async def stream(self, method, *args) -> Response:
         """A model server's SSE stream, relayed. The first message is awaited before answering,
@@ -82,6 +82,13 @@ class AppState:
         return StreamingResponse(_relay(first, iterator, self.retry_after_s), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
+class JSONBody(JSONResponse):
+    """A JSON answer, written by the server's one JSON encoder (``deployments/jsontext.py``)."""
+
+    def render(self, content: Any) -> bytes:
+        return jsontext.dumps(content)
+
+
 def check_max_tokens(server: ServerConfig, value: int | None, param: str) -> None:
     """The server's cap on generated tokens (``server.max_tokens_limit``), a 400 naming ``param``."""
     limit = server.max_tokens_limit
@@ -93,8 +100,8 @@ def app_state(request: Request) -> AppState:
     return request.app.state.serving
 
 
-def error_response(error: APIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+def error_response(error: APIError) -> JSONBody:
+    return JSONBody(error.body(), status_code=error.status, headers=error.headers())
 
 
 def as_api_error(exc: BaseException, retry_after_s: int = 2) -> APIError:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from deployments import protocol
-from deployments.routes.common import ERRORS, app_state, as_api_error
+from deployments.routes.common import ERRORS, JSONBody, app_state, as_api_error
 from deployments.routing import adapter_cards
 
 logger = logging.getLogger("ray.serve")
@@ -17,7 +16,7 @@ router = APIRouter()
 
 
 @router.get("/v1/models", responses={200: {"model": protocol.ModelList}, **ERRORS})
-async def list_models(request: Request) -> JSONResponse:
+async def list_models(request: Request) -> JSONBody:
     """``ListModelsResponse``: every model this key may use, with engine and capabilities."""
     models = app_state(request).router
     cards = []
@@ -30,11 +29,11 @@ async def list_models(request: Request) -> JSONResponse:
         except Exception as exc:  # noqa: BLE001 - a loading model is listed without details
             logger.warning("model %s has no info yet: %r", route.id, exc)
             cards.append(protocol.model_card(route.id, 0, "local", status="loading"))
-    return JSONResponse(protocol.model_list(cards))
+    return JSONBody(protocol.model_list(cards))
 
 
 @router.get("/v1/models/{model_id:path}", responses={200: {"model": protocol.ModelCard}, **ERRORS})
-async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+async def retrieve_model(model_id: str, request: Request) -> JSONBody:
     """``Model``: one model by id or alias."""
     state = app_state(request)
     route = state.router.get(model_id, key=request.state.key)
@@ -44,5 +43,5 @@ async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
         raise as_api_error(exc, state.retry_after_s) from exc
     for adapter in adapter_cards(card):
         if model_id in (adapter["id"], adapter["id"].split(":", 1)[1]):
-            return JSONResponse(adapter)
-    return JSONResponse(card)
+            return JSONBody(adapter)
+    return JSONBody(card)

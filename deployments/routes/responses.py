@@ -8,11 +8,11 @@ import time
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from deployments import responses, sse
 from deployments.protocol import ResponsesRequest
-from deployments.routes.common import ERRORS, STREAM_HEADERS, AppState, app_state, as_api_error, error_response
+from deployments.routes.common import ERRORS, STREAM_HEADERS, AppState, JSONBody, app_state, as_api_error, error_response
 from deployments.routing import LLM, ModelRoute
 
 router = APIRouter()
@@ -53,7 +53,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     response = responses.from_chat(body, rid, created, completion)
     if body.store is not False:
         state.responses.put(response, conversation + responses.as_chat_messages(response["output"]))
-    return JSONResponse(response)
+    return JSONBody(response)
 
 
 async def _stream(state: AppState, route: ModelRoute, body, request: Request, chat, conversation, rid: str, created: float) -> Response:
@@ -100,13 +100,13 @@ async def _translated(translator, first: str, iterator, retry_after_s: int) -> A
 
 
 @router.get("/v1/responses/{response_id}", responses={**ERRORS})
-async def get_response(response_id: str, request: Request) -> JSONResponse:
+async def get_response(response_id: str, request: Request) -> JSONBody:
     """A stored response."""
-    return JSONResponse(app_state(request).responses.get(response_id).response)
+    return JSONBody(app_state(request).responses.get(response_id).response)
 
 
 @router.delete("/v1/responses/{response_id}", responses={**ERRORS})
-async def delete_response(response_id: str, request: Request) -> JSONResponse:
+async def delete_response(response_id: str, request: Request) -> JSONBody:
     """Forget a stored response."""
     app_state(request).responses.delete(response_id)
-    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
+    return JSONBody({"id": response_id, "object": "response", "deleted": True})
