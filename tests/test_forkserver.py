@@ -6,6 +6,7 @@ process that started the server, even one killed with SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -164,3 +165,67 @@ def _default_llm_options():
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     llm = LLMConfig(**config["applications"][0]["args"]["llms"][0])
     return _options(llm, model_store.resolve(llm.source, llm.dtype), "test")
+
+
+# A model server's first steps with a kept guess: the fork server starts before vLLM is imported,
+# with the guessed runtime in its environment, and the engine's own start finds it running.
+EARLY = textwrap.dedent(
+    """
+    import json, multiprocessing.forkserver, sys
+    from deployments.engines import forkserver, vllm_engine
+
+    started = vllm_engine.start_fork_server_early({}, {})
+    pid = multiprocessing.forkserver._forkserver._forkserver_pid if started else None
+    environ = {}
+    if pid:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = dict(item.decode().split("=", 1) for item in f.read().split(b"\\0") if b"=" in item)
+    print(json.dumps({
+        "started": started, "vllm_imported": "vllm" in sys.modules, "runtime": forkserver.runtime(),
+        "server_env": forkserver.runtime_variables(environ), "ours": forkserver.runtime_variables(dict(__import__("os").environ)),
+    }))
+    """
+)
+
+
+def _early(tmp_path, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", EARLY], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path), **env},
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_a_kept_guess_starts_the_fork_server_before_vllm_is_imported(tmp_path, monkeypatch):
+    from deployments.engines import vllm_engine
+
+    keep = {"VLLM_CPU_OMP_THREADS_BIND": "auto", "OMP_NUM_THREADS": "1"}
+    assert _early(tmp_path, keep)["started"] is False  # nothing kept yet: the engine's start computes the guess
+    guess = {"LD_PRELOAD": "/nonexistent/libgomp.so.1", "OMP_NUM_THREADS": "2", "GOMP_CPU_AFFINITY": "0 1"}
+    # kept as the engine's start keeps it: the key from its environment, with the CPU defaults set
+    monkeypatch.setattr(vllm_engine, "RUNTIME_GUESSES", tmp_path / "ray-openai-serve" / "vllm-worker-runtime.json")
+    for key, value in {**keep, **vllm_engine.CPU_ENV_DEFAULTS}.items():
+        monkeypatch.setenv(key, value)
+    vllm_engine._keep_guess(vllm_engine._guess_key({}), guess)
+    seen = _early(tmp_path, keep)
+    assert seen["started"] is True and seen["vllm_imported"] is False
+    assert seen["runtime"] == guess and seen["server_env"] == guess  # the server loaded with the guess
+    assert seen["ours"] == {"OMP_NUM_THREADS": "1"}  # the model server's own environment is put back
+    assert _early(tmp_path, {**keep, "VLLM_CPU_OMP_THREADS_BIND": "0"})["started"] is False  # another binding asked: not this guess
+
+
+def test_kept_guesses_are_keyed_by_what_the_guess_depends_on(tmp_path, monkeypatch):
+    from deployments.engines import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "RUNTIME_GUESSES", tmp_path / "guesses.json")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    key = vllm_engine._guess_key({})
+    assert key is not None and key == vllm_engine._guess_key({"model": "another"})  # the model is not an input
+    assert key != vllm_engine._guess_key({"tensor_parallel_size": 2})
+    vllm_engine._keep_guess(key, {"OMP_NUM_THREADS": "2"})
+    assert vllm_engine._kept_guesses() == {key: {"OMP_NUM_THREADS": "2"}}
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0-1")
+    assert vllm_engine._guess_key({}) not in vllm_engine._kept_guesses()
+    (tmp_path / "guesses.json").write_text("{not json")
+    assert vllm_engine._kept_guesses() == {}  # a damaged file is no guess, not an error

@@ -19,6 +19,7 @@ async def start_engine(config: LLMConfig) -> Engine:
     """Create and start the engine the config asks for; ``auto`` falls back to transformers."""
     from deployments import loading, model_store
 
+    _start_early([config])
     # a GGUF source is de-quantised once, which takes a while: off the event loop
     path = await loading.exclusive(model_store.resolve, config.source, config.dtype)
     logger.info("Model %s: loading %s", config.id, model_store.describe(path))
@@ -54,7 +55,20 @@ async def import_engines(configs: list[LLMConfig]) -> None:
         from deployments import loading
         from deployments.engines.vllm_engine import vllm_unavailable_reason
 
+        _start_early(configs)
+
         await loading.exclusive(vllm_unavailable_reason)
+
+
+def _start_early(configs: list[LLMConfig]) -> None:
+    """Start the first vLLM model's engine fork server before vLLM's import where an earlier start
+    kept what that needs (``vllm_engine.start_fork_server_early``; once a process)."""
+    for config in configs:
+        if _may_use_vllm(config):
+            from deployments.engines.vllm_engine import start_fork_server_early
+
+            start_fork_server_early(dict(config.engine_args or {}), dict(config.vllm_env or {}))
+            return
 
 
 def _may_use_vllm(config: LLMConfig) -> bool:

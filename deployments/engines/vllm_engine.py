@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
@@ -63,14 +65,127 @@ def _start_fork_server(args: dict[str, Any]):
     """On CPU, vLLM's engine core and its worker start from a warm fork server (``deployments/
     engines/forkserver.py``) instead of cold spawned processes, unless ``SERVE_VLLM_FORK_SERVER=0``.
     The server is started now, so its imports run beside this process's preparation, with the
-    runtime variables vLLM will start the worker with (``worker_runtime_env``). Returns the
-    server's context, or None."""
-    if os.environ.get("SERVE_VLLM_FORK_SERVER", "1") != "1":
+    runtime variables vLLM will start the worker with (``worker_runtime_env``), unless it was
+    started earlier from the guess an earlier start kept (``start_fork_server_early``). Returns
+    the server's context, or None."""
+    if not _fork_server_wanted():
         return None
     from deployments.engines import forkserver
 
+    key = _guess_key(args)
     with worker_runtime_env(args):
-        return forkserver.start(FORK_SERVER_PRELOAD, child_setup=_in_engine_process)
+        guess = forkserver.runtime_variables(dict(os.environ))
+        context = forkserver.start(FORK_SERVER_PRELOAD, child_setup=_in_engine_process)
+    if _started_early and forkserver.runtime() == guess:
+        logger.info("The engine's fork server started before vLLM's import, from the guess of the worker's runtime kept in %s (%s), which holds", RUNTIME_GUESSES, guess)
+    elif _started_early:
+        logger.warning("The engine's fork server started from a kept guess of the worker's runtime (%s) that no longer holds (%s): the worker will be spawned", forkserver.runtime(), guess)
+    _keep_guess(key, guess)
+    return context
+
+
+def _fork_server_wanted() -> bool:
+    return os.environ.get("SERVE_VLLM_FORK_SERVER", "1") == "1"
+
+
+# worker_runtime_env's guess, kept from one start to the next: making it imports vLLM (3-4 s on 2
+# cores), and with a kept guess the fork server starts before this process imports vLLM, so its
+# own imports (8-10 s, the longest step to the first answer) begin that much earlier.
+_started_early = False
+RUNTIME_GUESSES = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray-openai-serve" / "vllm-worker-runtime.json"
+
+
+def start_fork_server_early(engine_args: dict[str, Any], vllm_env: dict[str, str]) -> bool:
+    """Start the fork server now, before vLLM is imported in this process, where an earlier start
+    with the same inputs (``_guess_key``) kept the guess of the worker's runtime; it is only kept
+    where vLLM ran on the CPU. The engine's own start then finds the server running and checks the
+    guess (a wrong one costs the time a spawned worker takes, as any wrong guess does). Returns
+    whether the server was started."""
+    from deployments.engines import forkserver
+
+    if not _fork_server_wanted() or forkserver.context_here() is not None:
+        return False
+    with _environ({**CPU_ENV_DEFAULTS, **vllm_env}):  # what the engine's start sets on CPU
+        guess = _kept_guesses().get(_guess_key(engine_args) or "")
+        if guess is None:
+            return False
+        with _environ({**dict.fromkeys(forkserver.RUNTIME_VARIABLES), **guess}):
+            forkserver.start(FORK_SERVER_PRELOAD, child_setup=_in_engine_process)
+    global _started_early
+    _started_early = True  # said in the log by _start_fork_server: Serve drops INFO lines until the replica's app has started
+    return True
+
+
+@contextlib.contextmanager
+def _environ(changes: dict[str, str | None]):
+    """Set these variables (unset those given None) for the block, then put back what was there;
+    only these: other threads of the process may read the environment meanwhile."""
+    saved = {key: os.environ.get(key) for key in changes}
+
+    def put(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    put(changes)
+    try:
+        yield
+    finally:
+        put(saved)
+
+
+def _guess_key(args: dict[str, Any]) -> str | None:
+    """What the guess of the worker's runtime depends on: this machine and its CPUs available to
+    this process, the Python and the installed vLLM, the variables that vLLM's CPU platform and
+    the OpenMP runtimes read, and the engine's parallelism. None where vLLM is not installed."""
+    import importlib.util
+    import platform
+    import sys
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    package = list(spec.submodule_search_locations)[0]
+    try:
+        installed = os.stat(os.path.join(package, "__init__.py")).st_mtime_ns
+    except OSError:
+        return None
+    parts = {
+        "host": platform.node(),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "python": sys.executable,
+        "vllm": [package, installed],
+        "env": {k: v for k, v in sorted(os.environ.items()) if k == "LD_PRELOAD" or k.startswith(("VLLM_CPU_", "OMP_", "GOMP_", "KMP_"))},
+        "parallel": [args.get(k) for k in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")] + [bool(args.get("kv_transfer_config"))],
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+def _kept_guesses() -> dict[str, dict[str, str]]:
+    try:
+        kept = json.loads(RUNTIME_GUESSES.read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def _keep_guess(key: str | None, guess: dict[str, str]) -> None:
+    """Keep ``guess`` for ``key`` (best effort: a read-only home only costs the next start time)."""
+    if key is None:
+        return
+    kept = _kept_guesses()
+    if kept.get(key) == guess:
+        return
+    kept[key] = guess
+    try:
+        RUNTIME_GUESSES.parent.mkdir(parents=True, exist_ok=True)
+        tmp = RUNTIME_GUESSES.with_name(f"{RUNTIME_GUESSES.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
+        os.replace(tmp, RUNTIME_GUESSES)
+    except OSError as exc:
+        logger.info("The guess of vLLM's worker runtime is not kept (%s): the next start imports vLLM before its fork server", exc)
 
 
 @contextlib.contextmanager
@@ -91,17 +206,9 @@ def worker_runtime_env(args: dict[str, Any]):
         parallel_config=SimpleNamespace(local_world_size=1, data_parallel_rank_local=0, _api_process_count=1),
         kv_transfer_config=None,
     )
-    saved = os.environ.get("LD_PRELOAD")
-    if preload:
-        os.environ["LD_PRELOAD"] = preload
-    try:
+    with _environ({"LD_PRELOAD": preload} if preload else {}):
         with OMPProcessManager(stub).configure_omp_envs(rank=0, local_rank=0) if one_worker else contextlib.nullcontext():
             yield
-    finally:
-        if saved is None:
-            os.environ.pop("LD_PRELOAD", None)
-        else:
-            os.environ["LD_PRELOAD"] = saved
 
 
 def _cpu_platform_preload(preload: str) -> str:
