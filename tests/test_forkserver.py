@@ -174,6 +174,7 @@ EARLY = textwrap.dedent(
     import json, multiprocessing.forkserver, sys
     from deployments.engines import forkserver, vllm_engine
 
+    vllm_engine.FORK_SERVER_PRELOAD = []  # what it imports is not the point here: no 10 s import left running
     started = vllm_engine.start_fork_server_early({}, {})
     pid = multiprocessing.forkserver._forkserver._forkserver_pid if started else None
     environ = {}
