@@ -91,6 +91,7 @@ def _fork_server_wanted() -> bool:
 # worker_runtime_env's guess, kept from one start to the next: making it imports vLLM (3-4 s on 2
 # cores), and with a kept guess the fork server starts before this process imports vLLM, so its
 # own imports (8-10 s, the longest step to the first answer) begin that much earlier.
+_early_tried = False
 _started_early = False
 RUNTIME_GUESSES = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ray-openai-serve" / "vllm-worker-runtime.json"
 
@@ -101,17 +102,18 @@ def start_fork_server_early(engine_args: dict[str, Any], vllm_env: dict[str, str
     where vLLM ran on the CPU. The engine's own start then finds the server running and checks the
     guess (a wrong one costs the time a spawned worker takes, as any wrong guess does). Returns
     whether the server was started."""
+    global _early_tried, _started_early
     from deployments.engines import forkserver
 
-    if not _fork_server_wanted() or forkserver.context_here() is not None:
+    if _early_tried or not _fork_server_wanted() or forkserver.context_here() is not None:
         return False
+    _early_tried = True  # once a process: a later call (vLLM imported by then) could gain nothing
     with _environ({**CPU_ENV_DEFAULTS, **vllm_env}):  # what the engine's start sets on CPU
         guess = _kept_guesses().get(_guess_key(engine_args) or "")
         if guess is None:
             return False
         with _environ({**dict.fromkeys(forkserver.RUNTIME_VARIABLES), **guess}):
             forkserver.start(FORK_SERVER_PRELOAD, child_setup=_in_engine_process)
-    global _started_early
     _started_early = True  # said in the log by _start_fork_server: Serve drops INFO lines until the replica's app has started
     return True
 
