@@ -302,10 +302,20 @@ class BatchConfig(_Config):
     )
     max_lines: int = Field(50_000, ge=1, description="Most request lines in one batch input file.")
     concurrency: int = Field(
-        16, ge=1,
-        description="Batch requests in flight at once, all batches together (a chat or completion line is "
-        "one; a group of embedding lines is one); keep it below the models' max_batch_size / "
-        "max_ongoing_requests so online requests always find a free seat.",
+        48, ge=1,
+        description="Batch requests in flight at once, all batches together, while no online request is "
+        "being served (a chat or completion line is one; a group of embedding lines is one); keep it below "
+        "the models' max_batch_size / max_ongoing_requests so online requests always find a free seat.",
+    )
+    concurrency_while_online: int = Field(
+        8, ge=1,
+        description="Batch requests in flight at most (and at most concurrency) while online requests are "
+        "being served, and for online_hold_s after the last one: the batch yields the engine's steps to "
+        "online traffic (no new line starts until those in flight are down to this).",
+    )
+    online_hold_s: float = Field(
+        5.0, ge=0,
+        description="How long after the last online request the batch keeps to concurrency_while_online.",
     )
     embedding_lines_per_request: int = Field(
         64, ge=1,

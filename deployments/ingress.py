@@ -91,7 +91,11 @@ class Ingress:
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.router, self.keys, self.server, self.limiter, self.batch)
+        app = create_app(self.router, self.keys, self.server, self.limiter, self.batch)
+        self.online = app.state.serving.online  # the batch driver yields to the traffic it stamps
+        if self.batch is not None:
+            self.online.notify = self.batch.online_seen_soon
+        return app
 
     async def _start_batch_driver(self) -> None:
         """Start (or find) the batch driver once this replica's models are loaded: its process
@@ -100,12 +104,15 @@ class Ingress:
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.batch.connect()
 
-    async def batch_lines(self, endpoint: str, bodies: list, models: list[str] | None) -> list[tuple[int, dict]]:
+    async def batch_lines(self, endpoint: str, bodies: list, models: list[str] | None) -> dict:
         """Batch lines through the online route's checks and model handles, one answer each (the
-        batch driver calls it, with a chat line or a group of embedding lines)."""
+        batch driver calls it, with a chat line or a group of embedding lines): ``answers``, and
+        ``online_at``, when this replica last served an online model request."""
         from deployments.batch.execute import execute_lines
 
-        return await execute_lines(self.router, self.server, endpoint, bodies, models)
+        answers = await execute_lines(self.router, self.server, endpoint, bodies, models)
+        online = getattr(self, "online", None)
+        return {"answers": answers, "online_at": online.last if online is not None else 0.0}
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig | AudioConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while

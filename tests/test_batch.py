@@ -53,11 +53,14 @@ class App:
             for body in bodies:
                 if isinstance(body, dict):
                     self.calls[json.dumps(body, sort_keys=True)] += 1
-            return await execute_lines(router, server, endpoint, bodies, models)
+            answers = await execute_lines(router, server, endpoint, bodies, models)
+            self.service.online_seen(self.asgi.state.serving.online.last)  # as the driver does with the front's answer
+            return answers
 
         self.service = BatchService(config, execute)
         keys = KeyStore([Key(KEY_A.encode(), None), Key(KEY_B.encode(), None)])
         self.asgi = create_app(router, keys, server, batch=self.service)
+        self.asgi.state.serving.online.notify = self.service.online_seen  # as the front tells the driver
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.asgi), base_url="http://test")
         self.clients = {
             key: openai.AsyncOpenAI(base_url="http://test/v1", api_key=key, max_retries=0, http_client=httpx.AsyncClient(
@@ -402,6 +405,128 @@ async def test_a_model_unavailable_for_a_while_is_waited_out_not_recorded(app, t
         assert done["status"] == "completed" and done["request_counts"] == {"total": 1, "completed": 1, "failed": 0}
     finally:
         await service.close()
+
+
+async def _max_in_flight(tmp_path, name: str, online_at: float | None, lines: int = 12) -> int:
+    """Run a chat batch of ``lines`` on a service (concurrency 4, 1 while online) whose execute
+    counts the requests in flight; ``online_at``: online traffic seen then, before the batch."""
+    in_flight = peak = 0
+
+    async def counting(endpoint, bodies, models):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return [(200, {"object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})] * len(bodies)
+
+    config = BatchConfig(storage=str(tmp_path / f"{name}-files"), db_path=str(tmp_path / f"{name}.db"),
+                         concurrency=4, concurrency_while_online=1, online_hold_s=30)
+    service = BatchService(config, counting)
+    try:
+        if online_at is not None:
+            service.online_seen(online_at)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        f = await service.create_file("o", "in.jsonl", "batch", jsonl([line(f"c{i}", "/v1/chat/completions", body) for i in range(lines)]))
+        batch = await service.create_batch("o", None, {"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        await asyncio.wait_for(service.wait(batch["id"]), 30)
+        assert (await service.get_batch("o", batch["id"]))["request_counts"]["completed"] == lines
+    finally:
+        await service.close()
+    return peak
+
+
+async def test_batch_lines_yield_to_online_traffic(tmp_path):
+    """With no online traffic the batch fills batch.concurrency; online traffic seen within
+    online_hold_s holds it to batch.concurrency_while_online; traffic older than that does not."""
+    assert await _max_in_flight(tmp_path, "idle", None) == 4
+    assert await _max_in_flight(tmp_path, "online", time.time()) == 1
+    assert await _max_in_flight(tmp_path, "long-ago", time.time() - 60) == 4
+
+
+async def test_online_traffic_cuts_the_newest_chat_lines_short_and_runs_them_again(tmp_path):
+    """When online traffic starts, the chat lines in flight beyond concurrency_while_online stop
+    at once (not when they finish) and run again later: every line is recorded exactly once."""
+    in_flight, started, finished = 0, Counter(), Counter()
+
+    async def slow(endpoint, bodies, models):
+        nonlocal in_flight
+        name = bodies[0]["messages"][0]["content"]
+        started[name] += 1
+        in_flight += 1
+        try:
+            await asyncio.sleep(0.4)
+        finally:
+            in_flight -= 1
+        finished[name] += 1
+        return [(200, {"object": "chat.completion", "id": name, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})]
+
+    config = BatchConfig(storage=str(tmp_path / "files"), db_path=str(tmp_path / "b.db"),
+                         concurrency=4, concurrency_while_online=1, online_hold_s=0.3)
+    service = BatchService(config, slow)
+    names = [f"c{i}" for i in range(8)]
+    try:
+        f = await service.create_file("o", "in.jsonl", "batch", jsonl(
+            [line(n, "/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": n}]}) for n in names]))
+        batch = await service.create_batch("o", None, {"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"})
+        deadline = time.monotonic() + 10
+        while in_flight < 4:
+            assert time.monotonic() < deadline, "the batch never filled its 4 slots"
+            await asyncio.sleep(0.01)
+        service.online_seen(time.time())
+        await asyncio.sleep(0.05)
+        assert in_flight == 1, "the three newest lines should have stopped at once"
+        await asyncio.wait_for(service.wait(batch["id"]), 30)
+        done = await service.get_batch("o", batch["id"])
+        assert done["request_counts"] == {"total": 8, "completed": 8, "failed": 0}
+        out = [json.loads(l) for l in (await service.file_content("o", done["output_file_id"])).decode().splitlines()]
+        assert sorted(o["custom_id"] for o in out) == names
+        assert all(o["response"]["body"]["id"] == o["custom_id"] for o in out)
+        assert sum(started.values()) == 8 + 3 and all(finished[n] == 1 for n in names)
+    finally:
+        await service.close()
+
+
+async def test_slots_drop_to_the_online_share_and_come_back_when_the_hold_ends():
+    from deployments.batch.runner import Slots
+
+    slots = Slots(3, 1)
+    for _ in range(2):
+        await slots.acquire()
+    slots.online(time.time() + 0.3)
+    start = time.monotonic()
+    await asyncio.wait_for(slots.acquire(), 5)  # none starts until the hold ends: 2 in flight > 1
+    assert time.monotonic() - start >= 0.25 and slots.in_flight == 3
+    slots.online(time.time() + 30)
+    for _ in range(3):
+        slots.release()
+    await asyncio.wait_for(slots.acquire(), 1)  # down to 0 in flight: one may start at once
+    waiting = asyncio.ensure_future(slots.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "a second request must wait while online traffic holds the batch to 1"
+    slots.release()
+    await asyncio.wait_for(waiting, 1)
+    assert Slots(2, 8).low == 2, "the online share is at most the concurrency"
+
+
+async def test_online_requests_stamp_the_traffic_the_batch_yields_to(app):
+    """A streamed and a plain online chat request stamp the front's online traffic; batch lines,
+    which run through execute_lines and not the routes, do not."""
+    online = app.asgi.state.serving.online
+    before = online.last
+    client = app.clients[KEY_A]
+    f = await upload(client, jsonl([line("b1", "/v1/chat/completions", {"model": "fake-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})]))
+    batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    await wait_done(client, batch.id)
+    assert online.last == before, "a batch line is not online traffic"
+    t0 = time.time()
+    await client.chat.completions.create(model="fake-llm", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert online.last >= t0
+    t1 = time.time()
+    stream = await client.chat.completions.create(model="fake-llm", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True)
+    async for _ in stream:
+        pass
+    assert online.last >= t1
 
 
 async def test_empty_lists_match_the_spec(app):

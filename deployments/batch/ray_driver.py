@@ -6,10 +6,11 @@ runner. Every front replica reaches it with ``get_if_exists``: the first creates
 find it. It runs lines through the front deployment's ``batch_lines`` method (a Serve
 deployment handle; a chat line or a group of embedding lines a call), which is the online route's
 own path (``execute.py``), so a line gets the model routing, key check and error body an online
-request gets. Ray restarts the actor if it dies
-(``max_restarts=-1``); it belongs to the front replica that made it, so if that replica dies it
-goes too, and the next front replica to call makes a new one. Either way the new actor resumes
-every unfinished batch from the store.
+request gets. Each answer also says when that front replica last served an online request; the
+runner keeps to ``batch.concurrency_while_online`` while online traffic goes on. Ray restarts the
+actor if it dies (``max_restarts=-1``); it belongs to the front replica that made it, so if that
+replica dies it goes too, and the next front replica to call makes a new one. Either way the new
+actor resumes every unfinished batch from the store.
 """
 
 from __future__ import annotations
@@ -38,10 +39,17 @@ class BatchDriverActor:
             from ray import serve
 
             self._handle = serve.get_deployment_handle(self.front, app_name=self.app_name)
+        response = self._handle.batch_lines.remote(endpoint, bodies, models)
         try:
-            return await self._handle.batch_lines.remote(endpoint, bodies, models)
+            reply = await response
+        except asyncio.CancelledError:  # cut short (the batch cancelled, or yielding to online traffic)
+            response.cancel()  # a cancelled await leaves the call running: this stops it in the front and its engine
+            raise
         except Exception as exc:  # noqa: BLE001 - the front is restarting: a retryable 503 for each line
             return [(503, unavailable(f"The front is unavailable: {type(exc).__name__}").body())] * len(bodies)
+        if self.service is not None:  # the front's online traffic: batch lines yield to it
+            self.service.online_seen(reply["online_at"])
+        return reply["answers"]
 
     async def start(self) -> bool:
         if self.service is None:
@@ -54,6 +62,11 @@ class BatchDriverActor:
     async def call(self, method: str, *args: Any) -> Any:
         await self.start()
         return await getattr(self.service, method)(*args)
+
+    def online_seen(self, at: float) -> None:
+        """A front replica began serving online traffic at ``at``: batch lines yield to it."""
+        if self.service is not None:
+            self.service.online_seen(at)
 
 
 class RayBatchService:
@@ -90,6 +103,15 @@ class RayBatchService:
                 await asyncio.wait_for(actor.start.remote(), START_TIMEOUT_S)
                 self._actor = actor
         return self._actor
+
+    def online_seen_soon(self, at: float) -> None:
+        """Tell the driver, without waiting, that online traffic was served at ``at`` (no driver
+        connected yet: nothing to tell; the batch answers carry it too)."""
+        if self._actor is not None:
+            try:
+                self._actor.online_seen.remote(at)
+            except Exception:  # noqa: BLE001 - a hint: the batch answers carry it as well
+                pass
 
     def __getattr__(self, method: str):
         if method.startswith("_"):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable
 
 from deployments.protocol import batch as bp
@@ -81,12 +82,75 @@ def output_file_id(batch_id: str, which: str) -> str:
     return "file-" + hashlib.sha256(f"{batch_id}:{which}".encode()).hexdigest()[:24]
 
 
+class Slots:
+    """Batch requests in flight, all batches together: up to ``high``, or ``low`` while online
+    traffic is being served (until ``online_until``, on ``clock``). A drop to ``low`` stops new
+    starts until the requests in flight are down to it (the runner also cuts the newest chat and
+    completion lines short: :meth:`Runner.online_seen`)."""
+
+    def __init__(self, high: int, low: int, clock=time.time) -> None:
+        self.high, self.low, self.clock = high, min(low, high), clock
+        self.in_flight = 0
+        self.online_until = 0.0
+        self._changed = asyncio.Event()
+
+    def limit(self) -> int:
+        return self.low if self.clock() < self.online_until else self.high
+
+    def online(self, until: float) -> bool:
+        """Online traffic was seen: keep to ``low`` until ``until`` at least. True when this
+        starts a spell of online traffic (none was being held for)."""
+        if until <= self.online_until:
+            return False
+        starts = self.clock() >= self.online_until
+        self.online_until = until
+        self._changed.set()
+        return starts
+
+    async def acquire(self) -> None:
+        while self.in_flight >= self.limit():
+            self._changed.clear()
+            left = self.online_until - self.clock()
+            try:  # woken by a release, or when the online hold ends
+                await asyncio.wait_for(self._changed.wait(), left if left > 0 else None)
+            except asyncio.TimeoutError:
+                pass
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._changed.set()
+
+
 class Runner:
     def __init__(self, store: Store, storage: FileStorage, execute: Execute, config: BatchConfig, clock=time.time) -> None:
         self.store, self.storage, self.execute, self.config, self.clock = store, storage, execute, config, clock
-        self.slots = asyncio.Semaphore(config.concurrency)  # requests in flight, all batches together
+        self.slots = Slots(config.concurrency, config.concurrency_while_online, clock)
+        # chat and completion line tasks in flight, oldest first, and those cut short to yield to online traffic
+        self._yieldable: dict[asyncio.Task, None] = {}
+        self._yielded: set[asyncio.Task] = set()
         self.tasks: dict[str, asyncio.Task] = {}
         self.executed = 0  # lines run (tries that got an answer), for tests and logs
+
+    def online_seen(self, at: float) -> None:
+        """A front replica served an online model request at ``at`` (its clock, ``time.time``).
+        When that starts a spell of online traffic, the newest chat and completion lines in flight
+        beyond ``batch.concurrency_while_online`` are cut short and go back to the head of their
+        batch's queue (nothing of theirs was recorded, so each still runs exactly once): an engine
+        step then carries few batch sequences beside the online request at once, not only once the
+        lines in flight have finished. The newest have done the least work."""
+        if not self.slots.online(at + self.config.online_hold_s):
+            return
+        current = asyncio.current_task()
+        excess = self.slots.in_flight - self.slots.low
+        newest = [task for task in reversed(self._yieldable) if task is not current][: max(excess, 0)]
+        for task in newest:
+            self._yieldable.pop(task, None)
+            self._yielded.add(task)
+            task.cancel()
+        logger.info("Batch driver: online traffic; %d batch requests in flight, %d yielded, at most %d "
+                    "until %.0f s after the last online request", self.slots.in_flight, len(newest),
+                    self.slots.low, self.config.online_hold_s)
 
     def resume(self) -> list[str]:
         """Drive every batch the store has not finished (after a restart)."""
@@ -190,18 +254,23 @@ class Runner:
                 # shortest inputs first: the model pads each forward pass to its longest input, so
                 # groups of like lengths waste the least (the output keeps the file's order)
                 todo.sort(key=lambda line: _input_size(line.body))
-            for start in range(0, len(todo), size):
+            # groups still to run; a group yielded to online traffic comes back to the head
+            pending = deque(todo[start : start + size] for start in range(0, len(todo), size))
+            while pending or running:
+                if not pending:  # all started: wait for one to finish (or to come back, yielded)
+                    await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 await self.slots.acquire()
                 status = self.store.batch(batch_id)["status"]
                 if status != bp.IN_PROGRESS or self._expired(row):
                     self.slots.release()
                     break
-                task = asyncio.get_running_loop().create_task(self._lines(row, todo[start : start + size], models))
+                task = asyncio.get_running_loop().create_task(self._lines(row, pending.popleft(), models, pending))
                 running.add(task)
                 task.add_done_callback(running.discard)
-            if self.store.batch(batch_id)["status"] == bp.IN_PROGRESS and not self._expired(row):
-                await asyncio.gather(*running)
-            else:  # cancelling / expired: lines in flight are abandoned, not recorded
+                if row["endpoint"] != EMBEDDINGS:
+                    self._yieldable[task] = None
+            if running:  # cancelling / expired: lines in flight are abandoned, not recorded
                 for task in list(running):
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
@@ -215,13 +284,14 @@ class Runner:
     def _expired(self, row: dict[str, Any]) -> bool:
         return self._now() >= row["expires_at"]
 
-    async def _lines(self, row: dict[str, Any], lines: list[Line], models: list[str] | None) -> None:
+    async def _lines(self, row: dict[str, Any], lines: list[Line], models: list[str] | None, pending: deque) -> None:
         """Run a group of lines in one request and record each line's answer as it is final:
         lines that meet a 503 (a model loading, a replica restarting: waited out, without using
-        up tries, until the batch's window ends) or another retryable status go again."""
+        up tries, until the batch's window ends) or another retryable status go again. Lines cut
+        short to yield to online traffic go back to the head of ``pending``, unrecorded."""
+        todo = [line for line in lines if line.error is None]
         try:
             self._record(row["id"], [(line, 400, line.error) for line in lines if line.error is not None])
-            todo = [line for line in lines if line.error is None]
             tries: dict[int, int] = {}
             waits = 0
             while todo:
@@ -243,7 +313,18 @@ class Runner:
                 if todo:
                     waits += unavailable
                     await asyncio.sleep(min(0.5 * 2**waits, 5.0) if unavailable else min(0.5 * 2 ** max(tries.values()), 10.0))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task not in self._yielded:
+                raise
+            self._yielded.discard(task)
+            task.uncancel()
+            if todo:
+                pending.appendleft(todo)
         finally:
+            task = asyncio.current_task()
+            self._yieldable.pop(task, None)
+            self._yielded.discard(task)  # cut as it finished: its answers were recorded
             self.slots.release()
 
     def _record(self, batch_id: str, answers: list[tuple[Line, int, Any]]) -> None:

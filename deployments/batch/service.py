@@ -44,6 +44,10 @@ class BatchService:
         """Resume the batches a previous driver left unfinished; returns their ids."""
         return self.runner.resume()
 
+    def online_seen(self, at: float) -> None:
+        """Online traffic was served at ``at``: batch lines yield to it (``batch.concurrency_while_online``)."""
+        self.runner.online_seen(at)
+
     async def close(self) -> None:
         await self.runner.stop()
         self.store.close()

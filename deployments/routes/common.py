@@ -8,9 +8,10 @@ SSE text for streams, and raise :class:`APIError` for client mistakes.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -39,6 +40,27 @@ SSE = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "descri
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+class OnlineTraffic:
+    """When this front replica last served an online model request (``last``, ``time.time()``):
+    stamped as a request starts, as each of its stream's messages goes, and as it ends. The batch
+    driver reads it with each batch answer and yields to online traffic; ``notify`` (the batch
+    driver's, when there is one) hears of it at once, at most once every ``NOTIFY_EVERY_S``, so
+    the first online request after a quiet spell does not wait for a batch answer to be seen."""
+
+    NOTIFY_EVERY_S = 1.0
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.notify: Callable[[float], None] | None = None
+        self._notified = float("-inf")
+
+    def seen(self) -> None:
+        self.last = now = time.time()
+        if self.notify is not None and now - self._notified >= self.NOTIFY_EVERY_S:
+            self._notified = now
+            self.notify(now)
+
+
 @dataclass
 class AppState:
     """The one object the routes read (``app.state.serving``): the models and the server's settings."""
@@ -46,6 +68,7 @@ class AppState:
     router: Router
     server: ServerConfig = field(default_factory=ServerConfig)
     batch: Any = None  # the Batch API's service (deployments/batch/), when enabled
+    online: OnlineTraffic = field(default_factory=OnlineTraffic)
     responses: ResponseStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -61,10 +84,13 @@ class AppState:
 
     async def call(self, method, *args) -> Response:
         """A model server's finished answer: JSON, or text (the audio routes' text formats)."""
+        self.online.seen()
         try:
             result = await method.remote(*args)
         except Exception as exc:  # noqa: BLE001
             return error_response(as_api_error(exc, self.retry_after_s))
+        finally:
+            self.online.seen()
         if isinstance(result, str):
             return Response(result, media_type="text/plain; charset=utf-8")
         return JSONBody(result)
@@ -72,6 +98,7 @@ class AppState:
     async def stream(self, method, *args) -> Response:
         """A model server's SSE stream, relayed. The first message is awaited before answering,
         so a request error is still a real 4xx rather than an error event in a 200."""
+        self.online.seen()
         try:
             iterator = method.remote(*args).__aiter__()
             first = await iterator.__anext__()
@@ -79,7 +106,7 @@ class AppState:
             first = sse.DONE
         except Exception as exc:  # noqa: BLE001
             return error_response(as_api_error(exc, self.retry_after_s))
-        return StreamingResponse(_relay(first, iterator, self.retry_after_s), media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(_relay(first, iterator, self.retry_after_s, self.online), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 class JSONBody(JSONResponse):
@@ -130,13 +157,14 @@ def as_api_error(exc: BaseException, retry_after_s: int = 2) -> APIError:
     return internal()
 
 
-async def _relay(first: str, rest: AsyncIterator[str], retry_after_s: int) -> AsyncIterator[str]:
+async def _relay(first: str, rest: AsyncIterator[str], retry_after_s: int, online: OnlineTraffic) -> AsyncIterator[str]:
     """The rest of a model's stream after its first message; closed with the response, so a
     client that goes away stops the generation (in-process, and through a handle alike)."""
     yield first
     try:
         async with closing(rest):
             async for message in rest:
+                online.seen()
                 yield message
     except Exception as exc:  # noqa: BLE001 - the client gets an error event, not a cut stream
         yield sse.error_then_done(as_api_error(exc, retry_after_s).body())
