@@ -1,7 +1,8 @@
 """The Batch API benchmark (``python -m benchmarks.run --only batch``), each alone on the machine.
 
 * ``batch-chat``: a 512-line chat file (64 new tokens each, greedy, ``ignore_eos``) through the
-  graph's ``/v1/batches`` (``serve_config.yaml``, its vLLM model), against vLLM's own
+  graph's ``/v1/batches`` (``serve_config.yaml``, its vLLM model; run twice on one app: alone, for
+  the throughput, then with online c=1 requests timed before and while it runs), against vLLM's own
   ``python -m vllm.entrypoints.openai.run_batch`` on the same file, model folder and engine
   arguments. vLLM's figure is the run of the file minus a run of a one-line file (its engine's
   start), the graph's is the batch from ``batches.create`` to ``completed`` on a running app.
@@ -23,14 +24,19 @@ import time
 from pathlib import Path
 
 from benchmarks.load import prompts
+from deployments.config import BatchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_LINES, MAX_TOKENS, SENTENCES = 512, 64, 10_000
-# Batch lines in flight (`batch.concurrency`). Chat: 32 of the model's 64 engine seats, so online
-# requests find a free seat (vLLM preempts for KV space, not for seats: at 64, an online request
-# waited for a wave of batch lines to end, 13.9x idle TTFT); embeddings: the product's default 16
-# requests of `batch.embedding_lines_per_request` (64) lines each.
-CHAT_CONCURRENCY, EMBED_CONCURRENCY = 32, 16
+# Batch requests in flight: the product's defaults, so the figures describe the app as shipped:
+# `batch.concurrency` (48 of the chat model's 64 engine seats, so online requests find a free seat;
+# vLLM preempts for KV space, not for seats: at 64, an online request waited for a wave of batch
+# lines to end, 13.9x idle TTFT) while no online request is served, `batch.concurrency_while_online`
+# (8) while online requests come. Embeddings: requests of `batch.embedding_lines_per_request` (64)
+# lines each.
+CHAT_CONCURRENCY = EMBED_CONCURRENCY = BatchConfig().concurrency
+# Online c=1 requests timed before the batch and again while it runs (5 gave a noisy idle p50).
+ONLINE_PROBES = 20
 LLM_ID, EMBED_ID = "smollm2-135m-instruct", "all-minilm-l6-v2"
 
 
@@ -54,7 +60,7 @@ def embedding_file(n: int = SENTENCES) -> bytes:
     )
 
 
-def online_ttft(client, n: int = 5, model: str = LLM_ID) -> dict:
+def online_ttft(client, n: int = ONLINE_PROBES, model: str = LLM_ID) -> dict:
     """c=1 streamed chat requests one after another: their time to first token (p50, max), and
     how many got a 429 (a batch must never cause one)."""
     import openai
@@ -138,8 +144,15 @@ def bench_graph(data: bytes, endpoint: str, concurrency: int, logs: Path) -> dic
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     app = _start_graph(concurrency, tmp)
     try:
-        row = run_through_graph(app, data, endpoint, probe_online=endpoint == "/v1/chat/completions")
+        row = run_through_graph(app, data, endpoint)
         row["concurrency"] = concurrency
+        if endpoint == "/v1/chat/completions":
+            # The same file again on the same app, online c=1 requests timed before and during it:
+            # the throughput row above is the batch alone, as run_batch's is; this one has online
+            # traffic beside it for part of its run (the batch yields to it).
+            probed = run_through_graph(app, data, endpoint, probe_online=True)
+            row["online_c1"], row["online_ttft_ratio"] = probed.pop("online_c1"), probed.pop("online_ttft_ratio")
+            row["with_online_probe"] = probed
         return row
     finally:
         stop_app(app, logs / f"batch-graph-{endpoint.strip('/').replace('/', '-')}.log")
@@ -213,7 +226,7 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("part", choices=["chat", "embeddings"])
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=CHAT_CONCURRENCY)
     parser.add_argument("--quick", action="store_true")
     a = parser.parse_args()
     logs = REPO / "benchmarks" / "results" / "logs"

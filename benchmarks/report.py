@@ -422,6 +422,10 @@ def _batch_rows(chat: dict, emb: dict) -> list[list]:
                      ("graph `/v1/batches`, embeddings", emb.get("graph"))):
         if isinstance(r, dict) and "wall_s" in r:
             rows.append([label, r.get("lines"), r.get("failed", "–"), r["wall_s"], r.get("lines_per_s"), r.get("tokens_per_s")])
+    probed = (chat.get("graph") or {}).get("with_online_probe")
+    if isinstance(probed, dict) and "wall_s" in probed:
+        rows.insert(1, ["graph `/v1/batches`, chat, again with the online requests below beside it", probed.get("lines"),
+                        probed.get("failed", "–"), probed["wall_s"], probed.get("lines_per_s"), probed.get("tokens_per_s")])
     raw = emb.get("raw") or {}
     if raw.get("sentences_per_s"):
         rows.append([f"raw `SentenceTransformer.encode`, batches of {raw.get('batch_size')}", raw.get("sentences"), "–",
@@ -446,7 +450,9 @@ def render_batch(results: dict) -> list[str]:
     probes = [(label, online[key]) for label, key in (("idle, before the batch", "idle"), ("while the chat batch runs", "during_batch"))
               if isinstance(online.get(key), dict)]
     if probes:
-        lines += ["", "Online streamed chat requests at c=1, one after another (time to first token, and 429s):", ""]
+        when = (" The graph ran the file twice on one app: alone (its throughput row), then again with these requests "
+                "beside it, the idle ones just before it." if (chat.get("graph") or {}).get("with_online_probe") else "")
+        lines += ["", "Online streamed chat requests at c=1, one after another (time to first token, and 429s)." + when, ""]
         lines += table(["online c=1 chat", "requests", "TTFT p50 (s)", "TTFT max (s)", "429s"],
                        [[label, p.get("n"), p.get("ttft_p50_s"), p.get("ttft_max_s"), p.get("rate_limited")] for label, p in probes])
     return lines
