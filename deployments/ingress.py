@@ -83,6 +83,7 @@ class Ingress:
             self.limiter.start()
         self._loading = asyncio.create_task(self._load(colocated)) if colocated else None
         self.batch = None
+        self.online = None  # this replica's online traffic, set with its app (__serve_build_asgi_app__)
         if config.batch.enabled:  # the application's batch driver (a Ray actor); it resumes unfinished batches
             from deployments.batch.ray_driver import RayBatchService
 
@@ -111,8 +112,7 @@ class Ingress:
         from deployments.batch.execute import execute_lines
 
         answers = await execute_lines(self.router, self.server, endpoint, bodies, models)
-        online = getattr(self, "online", None)
-        return {"answers": answers, "online_at": online.last if online is not None else 0.0}
+        return {"answers": answers, "online_at": self.online.last if self.online is not None else 0.0}
 
     async def _load(self, models: list[LLMConfig | EmbeddingConfig | AudioConfig]) -> None:
         """Build the co-located models' servers together (vLLM starts in its own processes while

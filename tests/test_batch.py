@@ -527,6 +527,27 @@ async def test_online_requests_stamp_the_traffic_the_batch_yields_to(app):
     async for _ in stream:
         pass
     assert online.last >= t1
+    # a long stream stamps as its messages go, not only as it starts (20 tokens, 20 ms a step)
+    t2 = time.time()
+    stream = await client.chat.completions.create(model="slow-llm", messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+                                                  stream=True, extra_body={"ignore_eos": True})
+    async for _ in stream:
+        pass
+    assert online.last - t2 >= 0.2, "the stream's later messages should stamp the traffic"
+
+
+def test_online_traffic_tells_its_listener_at_most_once_a_second():
+    from deployments.routes.common import OnlineTraffic
+
+    heard: list[float] = []
+    online = OnlineTraffic()
+    online.notify = heard.append
+    online.seen()
+    online.seen()
+    assert len(heard) == 1 and online.last >= heard[0]
+    online._notified -= OnlineTraffic.NOTIFY_EVERY_S  # a second later
+    online.seen()
+    assert len(heard) == 2
 
 
 async def test_empty_lists_match_the_spec(app):

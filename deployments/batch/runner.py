@@ -317,14 +317,13 @@ class Runner:
             task = asyncio.current_task()
             if task not in self._yielded:
                 raise
-            self._yielded.discard(task)
             task.uncancel()
             if todo:
                 pending.appendleft(todo)
         finally:
             task = asyncio.current_task()
             self._yieldable.pop(task, None)
-            self._yielded.discard(task)  # cut as it finished: its answers were recorded
+            self._yielded.discard(task)  # also when cut as it finished: its answers were recorded
             self.slots.release()
 
     def _record(self, batch_id: str, answers: list[tuple[Line, int, Any]]) -> None:
