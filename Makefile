@@ -38,11 +38,14 @@ models: install
 
 # Ray reads its serving settings when it starts: configs/serving.env goes into serve run's env.
 SERVING_ENV := $(shell grep -v '^\#' configs/serving.env | grep = | xargs)
+# Ray and everything it starts run under SCHED_BATCH where Linux's chrt is there: Ray's processes
+# then do not preempt the engine's threads each time they wake up (deployments/serving_env.py).
+SCHEDULER := $(shell command -v chrt >/dev/null 2>&1 && echo chrt --batch 0)
 
 # An HAProxy orphaned by an earlier run would keep its ports and fail this one (deployments/stale_haproxy.py).
 serve: models
 	$(PY) -m deployments.stale_haproxy
-	env $(SERVING_ENV) $(VENV)/bin/serve run serve_config.yaml
+	env $(SERVING_ENV) $(SCHEDULER) $(VENV)/bin/serve run serve_config.yaml
 
 test: models clients
 	$(PY) -m pytest -ra

@@ -104,9 +104,13 @@ def bench_graph(s: ChatSettings, logs: Path) -> dict:
     return out
 
 
-def bench_vllm_server(s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE, log_name: str = "vllm-server.log") -> dict:
+def bench_vllm_server(
+    s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE, log_name: str = "vllm-server.log", scheduler: bool = False
+) -> dict:
     """vLLM's own OpenAI server with the graph's engine settings for ``smollm2-vllm`` (the same
-    as the default config's chat model: context 2048, 64 sequences, eager, 2 GiB KV cache)."""
+    as the default config's chat model: context 2048, 64 sequences, eager, 2 GiB KV cache); with
+    ``scheduler``, started under SCHED_BATCH as ``make serve`` starts Ray (like for like)."""
+    from deployments import serving_env
     from tests.conftest import free_port, hold_graph_lock
 
     hold_graph_lock()
@@ -120,15 +124,16 @@ def bench_vllm_server(s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE
         "--served-model-name", "smollm2", "--dtype", dtype, "--max-model-len", "2048",
         "--max-num-seqs", "64", "--enforce-eager", "--port", str(port), "--host", "127.0.0.1",
     ]
+    prefix = serving_env.scheduler_prefix() if scheduler else []
     t0 = time.monotonic()
     with open(logs / log_name, "w") as log:  # the server keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*prefix, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
         started = round(time.monotonic() - t0, 1)
-        print("vLLM's own OpenAI server", flush=True)
+        print("vLLM's own OpenAI server" + (" under SCHED_BATCH" if prefix else ""), flush=True)
         levels = asyncio.run(measured_levels(f"http://127.0.0.1:{port}/v1", "smollm2", s, "vLLM server"))
-        return {"command": " ".join(cmd[1:]), "start_to_healthy_s": started, "smollm2": levels}
+        return {"command": " ".join([*prefix, *cmd[1:]]), "start_to_healthy_s": started, "smollm2": levels}
     finally:
         stop_group(proc)
 
@@ -148,7 +153,11 @@ def default_chat_model() -> dict:
 # first path of a run measured slower than the same path later (session 8: the graph 264, then
 # vLLM's server 363, then the graph again 315 tok/s), so one of each in a fixed order favoured
 # whichever went second. In A-B-B-A order a drift over the run falls on both paths alike.
-DEFAULT_ORDER = ("graph", "vllm_server", "vllm_server", "graph")
+# ``vllm_server`` is vLLM's server as its users start it (the target's baseline);
+# ``vllm_server_batch`` the same under SCHED_BATCH, as `make serve` starts Ray: vLLM's own
+# processes preempt its engine less too (+9% at c=32 on 2 cores, BENCHMARKS.md session 15), so
+# that pair is the like-for-like comparison.
+DEFAULT_ORDER = ("graph", "vllm_server", "vllm_server_batch", "vllm_server_batch", "vllm_server", "graph")
 
 
 def _default_graph_run(s: ChatSettings, model: dict, logs: Path, position: int) -> dict:
@@ -191,15 +200,20 @@ def bench_default(s: ChatSettings, logs: Path) -> dict:
     model = default_chat_model()
     dtype = model.get("dtype", "bfloat16")
     path = resolve(model["source"], dtype)
-    runs: dict[str, list[dict]] = {"graph": [], "vllm_server": []}
-    for position, which in enumerate(DEFAULT_ORDER, 1):
+    from deployments import serving_env
+
+    # no SCHED_BATCH on this OS: the like-for-like path is the plain one, so it is left out
+    order = [p for p in DEFAULT_ORDER if p != "vllm_server_batch" or serving_env.scheduler_prefix()]
+    runs: dict[str, list[dict]] = {p: [] for p in order}
+    for position, which in enumerate(order, 1):
         if which == "graph":
             run = _default_graph_run(s, model, logs, position)
         else:
-            run = {**bench_vllm_server(s, path, logs, dtype, log_name=f"vllm-server-{position}.log"), "position": position}
+            run = {**bench_vllm_server(s, path, logs, dtype, log_name=f"vllm-server-{position}.log",
+                                       scheduler=which == "vllm_server_batch"), "position": position}
         runs[which].append(run)
-    return {"model": model["id"], "dtype": dtype, "order": list(DEFAULT_ORDER),
-            "graph": combined(runs["graph"], model["id"]), "vllm_server": combined(runs["vllm_server"], "smollm2")}
+    return {"model": model["id"], "dtype": dtype, "order": order, "graph": combined(runs["graph"], model["id"]),
+            **{p: combined(r, "smollm2") for p, r in runs.items() if p != "graph"}}
 
 
 def bench_inprocess(s: ChatSettings, logs: Path) -> dict:

@@ -72,6 +72,11 @@ def default_config_targets(results: dict) -> list[Target]:
     why = _why(results, "chat", "default_config")
     out = [Target(f"default config (fast path) / vLLM's own server, output tok/s at c={c or TPUT_LEVEL}",
                   ratio(graph[c]["tokens_per_s"], server[c]["tokens_per_s"]) if c else None, 0.9, why_missing=why)]
+    batch = _by_c(_default_levels(chat, "vllm_server_batch"))
+    if batch:  # like for like: vLLM's server started under SCHED_BATCH too, as `make serve` starts Ray
+        out.append(Target(f"default config / vLLM's own server under SCHED_BATCH (like for like), output tok/s at c={c or TPUT_LEVEL}",
+                          ratio(graph[c]["tokens_per_s"], batch[c]["tokens_per_s"]) if c and c in batch else None, 0.9,
+                          why_missing=why))
     inproc = _by_c(levels_of(chat, "inprocess", VLLM))
     c1 = TTFT_LEVEL if TTFT_LEVEL in graph and TTFT_LEVEL in inproc else None
     out.append(Target(f"TTFT p50, default config minus the vLLM engine in-process, c={TTFT_LEVEL}",
@@ -268,7 +273,9 @@ def render_chat(results: dict, plot: str | None, plot_note: str | None) -> list[
     return lines
 
 
-_PATH_LABELS = {"graph": "default config", "vllm_server": "vLLM's own server"}
+_PATH_LABELS = {"graph": "default config", "vllm_server": "vLLM's own server",
+                "vllm_server_batch": "vLLM's own server under SCHED_BATCH"}
+_PATH_SHORT = {"graph": "graph", "vllm_server": "server", "vllm_server_batch": "server (SCHED_BATCH)"}
 
 
 def _default_sequence(part: dict) -> list[tuple[int, str, list[dict]]]:
@@ -290,10 +297,10 @@ def _order_line(part: dict) -> list[str]:
     if not shared:
         return []
     c = _level([{"concurrency": c} for c in shared], TPUT_LEVEL)
-    shown = [f"{'graph' if path == 'graph' else 'server'} {fmt(rows[c]['tokens_per_s'], 1)}" for path, rows in seq]
+    shown = [f"{_PATH_SHORT[path]} {fmt(rows[c]['tokens_per_s'], 1)}" for path, rows in seq]
     pairs = []
     for (p1, r1), (p2, r2) in zip(seq, seq[1:]):
-        if p1 != p2:
+        if p1 != p2 and "graph" in (p1, p2):
             g, v = (r1, r2) if p1 == "graph" else (r2, r1)
             pairs.append(fmt(ratio(g[c]["tokens_per_s"], v[c]["tokens_per_s"]), 2) + "x")
     return [f"Output tok/s at c={c} in the order run: {', '.join(shown)}; graph/server of each neighbouring pair: "
@@ -313,9 +320,12 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     if err:
         return lines + [f"**failed:** {err}"]
     order = part.get("order")
-    described = (f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`), model {part.get('model')} in "
-                 f"{part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the same folder, dtype "
-                 "and engine arguments; same load as above.")
+    described = (f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`, under SCHED_BATCH), model "
+                 f"{part.get('model')} in {part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the "
+                 "same folder, dtype and engine arguments; same load as above.")
+    if part.get("vllm_server_batch"):
+        described += (" vLLM's server ran as its users start it, and again under SCHED_BATCH (`chrt --batch 0`), "
+                      "as `make serve` starts Ray: the like-for-like pair.")
     if order:
         named = ", ".join(_PATH_LABELS[o] for o in order)
         described += (f" Each path ran twice, each time freshly started, in this order: {named}. The \"mean\" rows (and "
@@ -324,7 +334,8 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     if order:
         lines += _order_line(part)
     mean = " (mean)" if order else ""
-    runs = [(f"default config{mean}", _default_levels(chat, "graph")), (f"vLLM's own server{mean}", _default_levels(chat, "vllm_server"))]
+    runs = [(f"{_PATH_LABELS[path]}{mean}", _default_levels(chat, path)) for path in _PATH_LABELS
+            if path != "vllm_server_batch" or part.get(path)]
     if order:
         runs += [(f"{_PATH_LABELS[path]}, run {position}", levels) for position, path, levels in _default_sequence(part)]
     if before:
@@ -336,7 +347,8 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
         lines += ["", f"CPU per request on each hop at c={c}:", ""]
         lines += hop_table([(label, _by_c(levels).get(c)) for label, levels in runs])
     starts = [f"{label} {p['start_to_healthy_s']} s" for label, p in (("the default config", part.get("graph") or {}),
-                                                                       ("vLLM's own server", part.get("vllm_server") or {}))
+                                                                       ("vLLM's own server", part.get("vllm_server") or {}),
+                                                                       ("vLLM's own server under SCHED_BATCH", part.get("vllm_server_batch") or {}))
               if p.get("start_to_healthy_s") is not None]
     if starts:
         which = " (the mean of each path's starts)" if order else ""

@@ -51,8 +51,9 @@ class Ingress:
     ) -> None:
         models = [*config.llms, *config.embeddings, *config.audio]
         colocated = [m for m in models if m.colocated]
-        logger.info(serving_env.startup_line([m.id for m in colocated]))
-        for warning in serving_env.missing_settings(bool(colocated)):
+        batch = serving_env.batch_scheduled()
+        logger.info(serving_env.startup_line([m.id for m in colocated], batch=batch))
+        for warning in serving_env.missing_settings(bool(colocated), batch=batch):
             logger.warning(warning)
         retry = config.server.retry_after_s
         self.local: dict[str, LocalModel] = {}

@@ -3,7 +3,8 @@
 ``python -m deployments.kuberay`` regenerates it; ``tests/test_kuberay.py`` fails when the two
 drift apart. The Serve part (``serveConfigV2``) is ``serve_config.yaml``'s applications as they
 are, with HTTP on 0.0.0.0 so the Kubernetes service reaches the proxy; the containers' env
-carries ``configs/serving.env``, the fast path's serving settings.
+carries ``configs/serving.env``, the fast path's serving settings, and each container starts
+KubeRay's own ``ray start`` command under SCHED_BATCH (``deployments/serving_env.py``).
 """
 
 from __future__ import annotations
@@ -46,11 +47,21 @@ def _environment() -> list[dict]:
     ]
 
 
+# KubeRay's generated `ray start` (it keeps it in KUBERAY_GEN_RAY_START_CMD, with --block) run
+# under SCHED_BATCH; with the `ray.io/overwrite-container-cmd` annotation KubeRay runs this
+# command instead of its own, so the file-descriptor limit it would set is set here too.
+OVERWRITE_CMD_ANNOTATION = "ray.io/overwrite-container-cmd"
+RAY_START = f"ulimit -n 65536; exec {' '.join(serving_env.SCHEDULER)} $KUBERAY_GEN_RAY_START_CMD"
+
+
 def _container(name: str, cpu: str, memory: str, env: list, mounts: list, ports: list | None = None) -> dict:
-    """A Ray node's container: the image, the serving environment and the API keys' secret."""
+    """A Ray node's container: the image, Ray started under SCHED_BATCH, the serving environment
+    and the API keys' secret."""
     c = {
         "name": name,
         "image": IMAGE,
+        "command": ["/bin/bash", "-lc", "--"],
+        "args": [RAY_START],
         "env": env,
         "volumeMounts": mounts,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}},
@@ -70,7 +81,8 @@ def manifest(serve_config: dict) -> dict:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": "openai-model-server"},
+        # copied by KubeRay onto the RayCluster it creates: the containers' command below is used
+        "metadata": {"name": "openai-model-server", "annotations": {OVERWRITE_CMD_ANNOTATION: "true"}},
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve_config_v2(serve_config), sort_keys=False),
             "rayClusterConfig": {

@@ -43,7 +43,8 @@ class ServeApp:
         # the serving environment `make serve` gives `serve run` (configs/serving.env)
         env = {**os.environ, **serving_env.load(), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "serve"), "run", str(config_path)],
+            # under SCHED_BATCH, as `make serve` starts it (deployments/serving_env.py)
+            [*serving_env.scheduler_prefix(), str(Path(sys.executable).parent / "serve"), "run", str(config_path)],
             cwd=REPO,
             env=env,
             stdout=open(log_path, "w"),

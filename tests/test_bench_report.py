@@ -304,7 +304,7 @@ def test_mean_levels_averages_rates_sums_counts_and_keeps_shared_levels():
 def test_default_config_in_abba_order_compares_means_and_shows_each_run():
     from benchmarks.chat import DEFAULT_ORDER, combined
 
-    assert DEFAULT_ORDER == ("graph", "vllm_server", "vllm_server", "graph")
+    assert DEFAULT_ORDER == ("graph", "vllm_server", "vllm_server_batch", "vllm_server_batch", "vllm_server", "graph")
     model = "smollm2-135m-instruct"
     graph_runs = [{"config": "serve_config.yaml", "position": 1, "start_to_healthy_s": 50.0, model: [level(32, 80.0, 6.0)]},
                   {"config": "serve_config.yaml", "position": 4, "start_to_healthy_s": 40.0, model: [level(32, 100.0, 5.0)]}]
@@ -314,7 +314,7 @@ def test_default_config_in_abba_order_compares_means_and_shows_each_run():
     assert graph["config"] == "serve_config.yaml" and graph["start_to_healthy_s"] == 45.0 and graph["runs"] == graph_runs
     assert graph[model][0]["tokens_per_s"] == 90.0
     results = synthetic()
-    results["chat"]["default_config"] = {"model": model, "dtype": "bfloat16", "order": list(DEFAULT_ORDER),
+    results["chat"]["default_config"] = {"model": model, "dtype": "bfloat16", "order": ["graph", "vllm_server", "vllm_server", "graph"],
                                          "graph": graph, "vllm_server": combined(server_runs, "smollm2")}
     by_name = {t.name: t for t in report.targets(results)}
     fast = by_name["default config (fast path) / vLLM's own server, output tok/s at c=32"]
@@ -326,3 +326,25 @@ def test_default_config_in_abba_order_compares_means_and_shows_each_run():
     assert ("Output tok/s at c=32 in the order run: graph 80.0, server 110.0, server 90.0, graph 100.0; "
             "graph/server of each neighbouring pair: 0.73x, 1.11x.") in text
     assert "Start to healthy in this run (the mean of each path's starts): the default config 45.0 s; vLLM's own server 31.0 s." in text
+
+
+def test_default_config_against_vllm_under_sched_batch_too():
+    """vLLM's server run again under SCHED_BATCH (like for like): its own target row, its rows in
+    the table, its runs in the order line, and pairs only between the graph and a server."""
+    from benchmarks.chat import DEFAULT_ORDER, combined
+
+    model = "smollm2-135m-instruct"
+    graph = combined([{"position": 1, model: [level(32, 90.0, 6.0)]}, {"position": 6, model: [level(32, 90.0, 6.0)]}], model)
+    plain = combined([{"position": 2, "smollm2": [level(32, 100.0, 5.0)]}, {"position": 5, "smollm2": [level(32, 100.0, 5.0)]}], "smollm2")
+    batch = combined([{"position": 3, "smollm2": [level(32, 110.0, 5.0)]}, {"position": 4, "smollm2": [level(32, 110.0, 5.0)]}], "smollm2")
+    results = synthetic()
+    results["chat"]["default_config"] = {"model": model, "dtype": "bfloat16", "order": list(DEFAULT_ORDER),
+                                         "graph": graph, "vllm_server": plain, "vllm_server_batch": batch}
+    by_name = {t.name: t for t in report.targets(results)}
+    assert by_name["default config (fast path) / vLLM's own server, output tok/s at c=32"].met  # 0.9
+    like = by_name["default config / vLLM's own server under SCHED_BATCH (like for like), output tok/s at c=32"]
+    assert like.value == pytest.approx(90.0 / 110.0) and not like.met
+    text = report.render(results)
+    assert "| vLLM's own server under SCHED_BATCH (mean) | 32 | 110.0 |" in text
+    assert ("in the order run: graph 90.0, server 100.0, server (SCHED_BATCH) 110.0, server (SCHED_BATCH) 110.0, "
+            "server 100.0, graph 90.0; graph/server of each neighbouring pair: 0.90x, 0.90x.") in text

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import os
 
 import httpx
 import numpy as np
 import openai
 import pytest
 
+from deployments import serving_env
 from tests.conftest import running_after
 from tests.spec import validate
 from tests.vectors import assert_same_vectors
@@ -264,3 +266,42 @@ async def test_disconnect_storm_leaves_no_running_requests(aclient, graph):
     assert running == 0, f"{running} generations still running after all 50 clients left"
     ok = await aclient.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, temperature=0, max_tokens=10)
     assert "Paris" in ok.choices[0].message.content
+
+
+# --------------------------------------------------------------------------- the serving environment
+def _process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:  # exited meanwhile
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+@pytest.mark.skipif(not serving_env.scheduler_prefix(), reason="no SCHED_BATCH or no chrt on this OS")
+def test_ray_and_every_process_it_starts_run_under_sched_batch(graph, client):
+    """Started as `make serve` starts it, Ray's own processes, the replicas and vLLM's engine
+    processes all inherit SCHED_BATCH (Ray does not reset it), and the front's start-up line says so."""
+    client.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, max_tokens=1)  # the engine is up
+    tree = _process_tree(graph.proc.pid)
+    names = {}
+    for pid in tree:
+        try:
+            names[pid] = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+            policy = os.sched_getscheduler(pid)
+        except (OSError, ProcessLookupError):
+            continue
+        assert policy == os.SCHED_BATCH, names[pid][:200]
+    joined = "\n".join(names.values())
+    assert "raylet" in joined and "ServeReplica:openai:Ingress" in joined and "vllm" in joined
+    log = graph.log_path.read_text(errors="replace")
+    assert "CPU scheduling: SCHED_BATCH" in log
+    assert "not started under SCHED_BATCH" not in log

@@ -36,3 +36,19 @@ def test_rayservice_containers_carry_the_serving_environment():
         for container in group["template"]["spec"]["containers"]:
             env = {e["name"]: e["value"] for e in container["env"]}
             assert {k: env.get(k) for k in wanted} == wanted, container["name"]
+
+
+def test_rayservice_starts_ray_under_sched_batch():
+    """KubeRay runs the containers' own command (the annotation, copied onto the RayCluster), which
+    is KubeRay's generated `ray start` under SCHED_BATCH, as `make serve` starts Ray."""
+    from deployments import serving_env
+
+    manifest = yaml.safe_load(kuberay.TARGET.read_text())
+    assert manifest["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    spec = manifest["spec"]["rayClusterConfig"]
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        for container in group["template"]["spec"]["containers"]:
+            assert container["command"] == ["/bin/bash", "-lc", "--"], container["name"]
+            (args,) = container["args"]
+            assert f"exec {' '.join(serving_env.SCHEDULER)} $KUBERAY_GEN_RAY_START_CMD" in args, container["name"]
+            assert "ulimit -n 65536" in args  # what KubeRay's own command would have set
