@@ -40,6 +40,7 @@ class ChatSettings:
     requests_per_level: int
     max_tokens: int
     sixteen: bool  # also 16 requests one at a time vs 16 together
+    warm_level: bool = True  # an untimed level at the highest concurrency before the measured ones
 
 
 async def measured_levels(base_url: str, model: str, s: ChatSettings, label: str) -> list[dict]:
@@ -48,6 +49,13 @@ async def measured_levels(base_url: str, model: str, s: ChatSettings, label: str
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=600, max_retries=0)
     await one_request(client, model, "warm up", 4, EXTRA)
+    # One untimed level at the highest concurrency first: a fresh server's first wide level ran
+    # 17-22% below its later ones, vLLM's own server and the graph alike (BENCHMARKS.md session
+    # 14), a one-off (the kernels' first runs at new batch shapes, the KV cache's first touch)
+    # that the cold-start figure already covers. Every path gets the same warm-up.
+    if s.warm_level:
+        c = max(s.levels)
+        await run_level(client, model, c, c, s.max_tokens, EXTRA)
     out = []
     try:
         for c in s.levels:

@@ -323,6 +323,9 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     described = (f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`, under SCHED_BATCH), model "
                  f"{part.get('model')} in {part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the "
                  "same folder, dtype and engine arguments; same load as above.")
+    if (chat.get("settings") or {}).get("warm_level"):
+        described += (f" Each server, freshly started, first ran one untimed level at c={max(chat['settings']['levels'])} "
+                      "(a fresh server's first wide level runs 17-22% below its later ones, BENCHMARKS.md session 14).")
     if part.get("vllm_server_batch"):
         described += (" vLLM's server ran as its users start it, and again under SCHED_BATCH (`chrt --batch 0`), "
                       "as `make serve` starts Ray: the like-for-like pair.")

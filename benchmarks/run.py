@@ -119,8 +119,8 @@ def run_chat(todo: list[str], store: Store, args, logs: Path) -> None:
     from benchmarks import chat
     from deployments.model_store import resolve
 
-    s = chat.ChatSettings(args.levels, args.requests_per_level, args.max_tokens, sixteen=not args.quick)
-    part = store.part("chat", {"levels": s.levels, "requests_per_level": s.requests_per_level,
+    s = chat.ChatSettings(args.levels, args.requests_per_level, args.max_tokens, sixteen=not args.quick, warm_level=not args.quick)
+    part = store.part("chat", {"levels": s.levels, "requests_per_level": s.requests_per_level, "warm_level": s.warm_level,
                                "max_tokens": s.max_tokens, "dtype": chat.DTYPE, "config": chat.CONFIG},
                       whole=all(t in todo for t in PARTS["chat"]))
     path = resolve(chat.SOURCE, chat.DTYPE)

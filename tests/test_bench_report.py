@@ -346,5 +346,8 @@ def test_default_config_against_vllm_under_sched_batch_too():
     assert like.value == pytest.approx(90.0 / 110.0) and not like.met
     text = report.render(results)
     assert "| vLLM's own server under SCHED_BATCH (mean) | 32 | 110.0 |" in text
+    assert "untimed level" not in text
+    results["chat"]["settings"] = {"levels": [1, 32], "requests_per_level": 64, "max_tokens": 64, "warm_level": True}
+    assert "first ran one untimed level at c=32" in report.render(results)
     assert ("in the order run: graph 90.0, server 100.0, server (SCHED_BATCH) 110.0, server (SCHED_BATCH) 110.0, "
             "server 100.0, graph 90.0; graph/server of each neighbouring pair: 0.90x, 0.90x.") in text
