@@ -203,13 +203,12 @@ def bench_default(s: ChatSettings, logs: Path) -> dict:
     serving environment of ``configs/serving.env`` included) against vLLM's own server on the
     same model folder, dtype and engine arguments, in the same run: each path twice, in
     :data:`DEFAULT_ORDER`, and the report compares their means."""
+    from deployments import serving_env
     from deployments.model_store import resolve
 
     model = default_chat_model()
     dtype = model.get("dtype", "bfloat16")
     path = resolve(model["source"], dtype)
-    from deployments import serving_env
-
     # no SCHED_BATCH on this OS: the like-for-like path is the plain one, so it is left out
     order = [p for p in DEFAULT_ORDER if p != "vllm_server_batch" or serving_env.scheduler_prefix()]
     runs: dict[str, list[dict]] = {p: [] for p in order}

@@ -89,4 +89,3 @@ def startup_line(colocated: list[str], environ: dict[str, str] | None = None, ba
         models = "no co-located model: every model behind a deployment handle"
     cpu = {True: "SCHED_BATCH", False: "the normal policy", None: "the OS default"}[batch]
     return f"Serving mode: {front}, requests {loop}; {models}; CPU scheduling: {cpu}."
-

@@ -11,6 +11,7 @@ import os
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
 from deployments import serving_env
@@ -269,38 +270,21 @@ async def test_disconnect_storm_leaves_no_running_requests(aclient, graph):
 
 
 # --------------------------------------------------------------------------- the serving environment
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:  # exited meanwhile
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
 @pytest.mark.skipif(not serving_env.scheduler_prefix(), reason="no SCHED_BATCH or no chrt on this OS")
 def test_ray_and_every_process_it_starts_run_under_sched_batch(graph, client):
     """Started as `make serve` starts it, Ray's own processes, the replicas and vLLM's engine
     processes all inherit SCHED_BATCH (Ray does not reset it), and the front's start-up line says so."""
     client.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, max_tokens=1)  # the engine is up
-    tree = _process_tree(graph.proc.pid)
-    names = {}
-    for pid in tree:
+    root = psutil.Process(graph.proc.pid)
+    names = []
+    for proc in [root, *root.children(recursive=True)]:
         try:
-            names[pid] = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
-            policy = os.sched_getscheduler(pid)
-        except (OSError, ProcessLookupError):
+            name, policy = " ".join(proc.cmdline()), os.sched_getscheduler(proc.pid)
+        except (psutil.Error, OSError):  # exited meanwhile
             continue
-        assert policy == os.SCHED_BATCH, names[pid][:200]
-    joined = "\n".join(names.values())
+        assert policy == os.SCHED_BATCH, name[:200]
+        names.append(name)
+    joined = "\n".join(names)
     assert "raylet" in joined and "ServeReplica:openai:Ingress" in joined and "vllm" in joined
     log = graph.log_path.read_text(errors="replace")
     assert "CPU scheduling: SCHED_BATCH" in log

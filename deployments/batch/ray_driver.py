@@ -47,8 +47,7 @@ class BatchDriverActor:
             raise
         except Exception as exc:  # noqa: BLE001 - the front is restarting: a retryable 503 for each line
             return [(503, unavailable(f"The front is unavailable: {type(exc).__name__}").body())] * len(bodies)
-        if self.service is not None:  # the front's online traffic: batch lines yield to it
-            self.service.online_seen(reply["online_at"])
+        self.online_seen(reply["online_at"])  # the front's online traffic: batch lines yield to it
         return reply["answers"]
 
     async def start(self) -> bool:
