@@ -5,7 +5,10 @@
 answers again (at most 60 s), that it keeps answering for a while after (no flap), that no
 descendant of the dead replica (vLLM's EngineCore and its worker, by PID recorded before the
 kill) survives it, and that the machine's available memory is back within 1 GiB of what it was
-before the kill. Every request of the load is bounded by a timeout; each outcome is recorded.
+before the kill. The answer must come from a new replica process: Ray's router may hold requests
+for it instead of failing them, so an outage can pass with no failed request, and then the
+first answer after the kill must end after the new replica started. Every request of the load
+is bounded by a timeout; each outcome is recorded.
 """
 
 from __future__ import annotations
@@ -148,11 +151,29 @@ class Recovery:
     outcomes: list[Outcome] = field(default_factory=list)
     probes: list[Outcome] = field(default_factory=list)
     kill_time: float = 0.0
+    replacement_started: float | None = None  # when the first new replica process started (monotonic)
 
     def outage_seen(self) -> float | None:
         """When the first request failed after the kill (its end), or None while none has."""
         failed = [o.ended for o in self.outcomes + self.probes if o.ended >= self.kill_time and not o.ok]
         return min(failed) if failed else None
+
+    def answered_again(self, probe: Outcome) -> float | None:
+        """When ``probe`` shows the model answering again after the kill, or None if it does not.
+
+        Once a request has failed after the kill (the outage seen), a probe that started after
+        that failure and succeeded is the recovery, from its start. Ray's router may also hide
+        the outage completely: a request that had not reached the dead replica, or one sent
+        after it, waits in the router for the restarted replica (``_pick_and_reserve_replica``
+        retries a dead replica's ``reserve_slot`` on another), so no request need fail; the
+        probe started after the kill only answers through the new replica, and its answer came
+        at its end, which is then the recovery."""
+        if not probe.ok or probe.started < self.kill_time:
+            return None
+        seen = self.outage_seen()
+        if seen is None:
+            return probe.ended
+        return probe.started if probe.started >= seen else None
 
     def during_outage(self) -> list[Outcome]:
         """Load requests that were running at the kill or started before the model answered again."""
@@ -218,11 +239,9 @@ async def kill_and_recover(
             while time.monotonic() - recovery.kill_time < RECOVERY_BOUND_S + STABLE_FOR_S + REQUEST_TIMEOUT_S:
                 probe = await one_request(client, probe_kind, model, max_tokens=4)
                 recovery.probes.append(probe)
-                # an answer counts as the recovery once the outage has been seen (the front may
-                # still answer from what it had, or route to the dead replica, for a moment)
-                seen = recovery.outage_seen()
-                if probe.ok and first_ok is None and (seen is not None and probe.started >= seen):
-                    first_ok = probe.started
+                answered = recovery.answered_again(probe)
+                if answered is not None and first_ok is None:
+                    first_ok = answered
                     recovery.recovered_s = first_ok - recovery.kill_time
                     if recovery.recovered_s > RECOVERY_BOUND_S:
                         break
@@ -232,11 +251,21 @@ async def kill_and_recover(
                     break
                 await asyncio.sleep(0.25)
             watcher.cancel()
+            recovery.replacement_started = replacement_started(app, deployment, recovery.victim_pids)
         finally:
             stop.set()
             await asyncio.wait_for(asyncio.gather(*loops), timeout=REQUEST_TIMEOUT_S + 10)
     recovery.mem_after_mib = mem_available_mib()
     return recovery
+
+
+def replacement_started(app: str, deployment: str, victim_pids: list[int]) -> float | None:
+    """When the earliest live replica process of ``deployment`` that is not one of the victims
+    started, on ``time.monotonic``'s clock (to the kernel's 10 ms tick), or None if none is."""
+    started = [p.create_time() for p in replica_processes(app, deployment) if p.pid not in victim_pids]
+    if not started:
+        return None
+    return min(started) - (time.time() - time.monotonic())
 
 
 def check_recovery(
@@ -247,6 +276,11 @@ def check_recovery(
     ``in_flight_statuses``: more pairs allowed only for requests already running at the kill."""
     summary = recovery.summary()
     assert recovery.recovered_s is not None and recovery.recovered_s <= RECOVERY_BOUND_S, f"no answer within 60 s: {summary}"
+    assert recovery.replacement_started is not None, f"no new replica replaced the killed one: {summary}"
+    if recovery.outage_seen() is None:  # hidden by the router: the answer must have come from the new replica
+        assert recovery.kill_time + recovery.recovered_s >= recovery.replacement_started, (
+            f"answered before a new replica existed, so the kill missed the serving replica: {summary}"
+        )
     bad_after = [o for o in recovery.after_recovery() if not o.ok]
     assert not bad_after, f"the model failed again after it had recovered (flap): {bad_after[:5]}; {summary}"
     assert any(o.ok for o in recovery.after_recovery()), summary
