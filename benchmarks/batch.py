@@ -4,8 +4,15 @@
   graph's ``/v1/batches`` (``serve_config.yaml``, its vLLM model; run twice on one app: alone, for
   the throughput, then with online c=1 requests timed before and while it runs), against vLLM's own
   ``python -m vllm.entrypoints.openai.run_batch`` on the same file, model folder and engine
-  arguments. vLLM's figure is the run of the file minus a run of a one-line file (its engine's
-  start), the graph's is the batch from ``batches.create`` to ``completed`` on a running app.
+  arguments. Both are timed on a warm engine, after one wave of warm-up lines (as many as the
+  engine has seats, other prompts): the graph's is the batch from ``batches.create`` to
+  ``completed`` on a running app that has just run the warm-up lines as a batch of their own
+  (untimed); vLLM's is a run of the warm-up lines followed by the file, minus a run of the
+  warm-up lines alone (its engine's start and warm-up taken off). Before, the graph's batch ran
+  on a fresh app and vLLM's figure took off a one-line run: the graph's first wide batch paid
+  its first-use costs (the engine's first wide steps, the batch driver's and the front's first
+  calls) and ran 0.78x and 0.87x, the same file on the then warm app 1.06x (BENCHMARKS.md,
+  session 15). A server that has served before has paid them; the warm-up pays them on both.
 * ``batch-embeddings``: 10,000 sentences, one per line, through ``/v1/batches`` against raw
   ``SentenceTransformer.encode`` (``benchmarks.embeddings.bench_raw``).
 
@@ -40,9 +47,11 @@ ONLINE_PROBES = 20
 LLM_ID, EMBED_ID = "smollm2-135m-instruct", "all-minilm-l6-v2"
 
 
-def chat_file(n: int = CHAT_LINES, max_tokens: int = MAX_TOKENS, model: str = LLM_ID) -> bytes:
+def chat_file(n: int = CHAT_LINES, max_tokens: int = MAX_TOKENS, model: str = LLM_ID, prefix: str = "c") -> bytes:
+    """``n`` chat lines ``<prefix><i>``; the prompts depend on ``n`` (a warm-up file of another
+    length has other prompts, so it leaves nothing in a prefix cache for the measured one)."""
     lines = [
-        {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+        {"custom_id": f"{prefix}{i}", "method": "POST", "url": "/v1/chat/completions",
          "body": {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": max_tokens,
                   "temperature": 0, "ignore_eos": True}}
         for i, p in enumerate(prompts(n, seed=n))
@@ -138,13 +147,17 @@ def _start_graph(concurrency: int, tmp: Path):
     return start_app("serve_config.yaml", tmp, tweak)
 
 
-def bench_graph(data: bytes, endpoint: str, concurrency: int, logs: Path) -> dict:
+def bench_graph(data: bytes, endpoint: str, concurrency: int, logs: Path, warm: bytes | None = None) -> dict:
+    """``data`` as a batch on a fresh app (after ``warm``, untimed, as a batch of its own)."""
     from benchmarks.servers import stop_app
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     app = _start_graph(concurrency, tmp)
     try:
+        warm_up = run_through_graph(app, warm, endpoint) if warm is not None else None
         row = run_through_graph(app, data, endpoint)
+        if warm_up is not None:
+            row["warm_up"] = {k: warm_up[k] for k in ("lines", "wall_s", "tokens_per_s") if k in warm_up}
         row["concurrency"] = concurrency
         if endpoint == "/v1/chat/completions":
             # The same file again on the same app, online c=1 requests timed before and during it:
@@ -158,15 +171,25 @@ def bench_graph(data: bytes, endpoint: str, concurrency: int, logs: Path) -> dic
         stop_app(app, logs / f"batch-graph-{endpoint.strip('/').replace('/', '-')}.log")
 
 
-def _engine_args() -> tuple[str, list[str], dict[str, str]]:
-    """The default config's vLLM model: its folder, run_batch's engine arguments, its env."""
+def _default_llm():
+    """The default config's chat model (its ``LLMConfig``)."""
     import yaml
 
     from deployments.config import AppConfig
+
+    return AppConfig.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]).llms[0]
+
+
+def warm_lines(quick: bool = False) -> int:
+    """One wave of warm-up lines: the default chat model's engine seats (``max_batch_size``)."""
+    return 8 if quick else _default_llm().max_batch_size
+
+
+def _engine_args() -> tuple[str, list[str], dict[str, str]]:
+    """The default config's vLLM model: its folder, run_batch's engine arguments, its env."""
     from deployments.model_store import resolve
 
-    config = AppConfig.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"])
-    llm = config.llms[0]
+    llm = _default_llm()
     args = ["--dtype", llm.dtype, "--max-num-seqs", str(llm.max_batch_size), "--served-model-name", llm.id]
     if llm.max_model_len:
         args += ["--max-model-len", str(llm.max_model_len)]
@@ -176,7 +199,9 @@ def _engine_args() -> tuple[str, list[str], dict[str, str]]:
     return resolve(llm.source, llm.dtype), args, dict(llm.vllm_env)
 
 
-def bench_vllm_run_batch(data: bytes, logs: Path) -> dict:
+def bench_vllm_run_batch(data: bytes, logs: Path, warm: bytes) -> dict:
+    """run_batch on ``warm`` then ``data`` (one file), minus run_batch on ``warm`` alone; the
+    tokens are those of ``data``'s lines."""
     path, args, env = _engine_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-run-batch-"))
 
@@ -189,12 +214,14 @@ def bench_vllm_run_batch(data: bytes, logs: Path) -> dict:
             subprocess.run(cmd, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=3600)
         return time.perf_counter() - start
 
-    one = run("one", data.split(b"\n", 1)[0] + b"\n")
-    whole = run("whole", data)
+    warm_ids = {json.loads(l)["custom_id"] for l in warm.splitlines() if l}
+    alone = run("warm", warm)
+    whole = run("whole", warm + data)
     out = [json.loads(l) for l in (tmp / "whole-out.jsonl").read_text().splitlines() if l]
+    out = [o for o in out if o["custom_id"] not in warm_ids]
     tokens = sum((o["response"]["body"] or {}).get("usage", {}).get("completion_tokens", 0) for o in out if o.get("response"))
-    wall = max(whole - one, 1e-9)
-    row = {"lines": len(out), "tokens": tokens, "wall_s": round(wall, 2), "start_s": round(one, 2),
+    wall = max(whole - alone, 1e-9)
+    row = {"lines": len(out), "tokens": tokens, "wall_s": round(wall, 2), "start_s": round(alone, 2), "warm_lines": len(warm_ids),
            "tokens_per_s": round(tokens / wall, 1), "lines_per_s": round(len(out) / wall, 2)}
     print(f"  vLLM run_batch: {row}", flush=True)
     return row
@@ -202,9 +229,9 @@ def bench_vllm_run_batch(data: bytes, logs: Path) -> dict:
 
 def bench_chat(logs: Path, concurrency: int = CHAT_CONCURRENCY, quick: bool = False) -> dict:
     n = 32 if quick else CHAT_LINES
-    data = chat_file(n)
-    graph = bench_graph(data, "/v1/chat/completions", concurrency, logs)
-    vllm = bench_vllm_run_batch(data, logs)
+    data, warm = chat_file(n), chat_file(warm_lines(quick), prefix="warm")
+    graph = bench_graph(data, "/v1/chat/completions", concurrency, logs, warm)
+    vllm = bench_vllm_run_batch(data, logs, warm)
     return {"graph": graph, "vllm_run_batch": vllm,
             "ratio": round(graph.get("tokens_per_s", 0) / vllm["tokens_per_s"], 3) if vllm.get("tokens_per_s") else None}
 

@@ -431,6 +431,15 @@ def _lines_run(sub: dict, planned) -> int:
     return graph["lines"] + graph.get("failed", 0) if "lines" in graph else planned
 
 
+def _warm_up(chat: dict) -> str:
+    """How the chat batch's two sides were warmed (runs before session 16 took off a one-line run)."""
+    warm = (chat.get("vllm_run_batch") or {}).get("warm_lines")
+    if not warm:
+        return "the graph on a fresh app, vLLM with its engine start (a one-line run) taken off"
+    return (f"both on a warm engine: the graph after an untimed batch of {warm} other lines (one wave of the engine's seats), "
+            f"vLLM's as the run of those {warm} lines and the file together less the run of those lines alone")
+
+
 def _batch_rows(chat: dict, emb: dict) -> list[list]:
     rows = []
     for label, r in (("graph `/v1/batches`, chat", chat.get("graph")), ("vLLM `run_batch`, chat", chat.get("vllm_run_batch")),
@@ -456,7 +465,7 @@ def render_batch(results: dict) -> list[str]:
     lines += [(f"{_lines_run(chat, s.get('chat_lines'))} chat lines ({s.get('max_tokens')} new tokens each, greedy, ignore_eos) as one batch "
                f"through `/v1/batches` on `serve_config.yaml` (`batch.concurrency` {s.get('concurrency')}), from `batches.create` "
                "to `completed`, against vLLM's `python -m vllm.entrypoints.openai.run_batch` on the same file, model folder and "
-               f"engine arguments (its engine start, a one-line run, taken off); {_lines_run(emb, s.get('sentences'))} sentences, one per line, as "
+               f"engine arguments, {_warm_up(chat)}; {_lines_run(emb, s.get('sentences'))} sentences, one per line, as "
                "an embeddings batch against raw `SentenceTransformer.encode` (`benchmarks/batch.py`)."), ""]
     lines += _failures([("chat batch", chat), ("embeddings batch", emb)])
     rows = _batch_rows(chat, emb)

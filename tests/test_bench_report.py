@@ -231,6 +231,15 @@ def batch_part() -> dict:
                            "ratio": 0.7}}
 
 
+def test_batch_section_says_both_sides_were_warmed():
+    part = batch_part()
+    part["chat"]["vllm_run_batch"]["warm_lines"] = 64
+    text = report.render({**synthetic(), "batch": part})
+    assert "both on a warm engine: the graph after an untimed batch of 64 other lines" in text
+    assert "vLLM's as the run of those 64 lines and the file together less the run of those lines alone" in text
+    assert "a one-line run" not in text
+
+
 def test_max_ratio_and_max_count_target_verdicts():
     slow = Target("t", 2.5, 2.0, "max_ratio")
     assert slow.met is False and slow.shown_value() == "2.50x" and slow.shown_target() == "<= 2x"
@@ -254,6 +263,7 @@ def test_batch_targets_and_section():
     text = report.render(results)
     assert "### Batch API" in text and "Run 2026-01-02 00:00 UTC on 2 cores (test CPU): `python -m benchmarks.run --only batch`." in text
     assert "512 chat lines (64 new tokens each" in text and "10000 sentences, one per line" in text
+    assert "the graph on a fresh app, vLLM with its engine start (a one-line run) taken off" in text
     assert "| graph `/v1/batches`, chat | 512 | 0 | 40.0 | 12.8 | 819.2 |" in text
     assert "| vLLM `run_batch`, chat | 512 | – | 38.0 | 13.47 | 862.3 |" in text
     assert "| graph `/v1/batches`, embeddings | 10000 | 0 | 14.3 | 700.0 | – |" in text
