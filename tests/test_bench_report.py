@@ -234,7 +234,15 @@ def batch_part() -> dict:
 def test_batch_section_says_both_sides_were_warmed():
     part = batch_part()
     part["chat"]["vllm_run_batch"]["warm_lines"] = 64
+    part["chat"]["graph"]["warm_up"] = {"lines": 64, "wall_s": 20.0, "tokens_per_s": 204.8}
+    part["chat"]["graph"]["with_online_probe"] = {"lines": 512, "failed": 0, "wall_s": 41.0, "lines_per_s": 12.49, "tokens_per_s": 799.2}
     text = report.render({**synthetic(), "batch": part})
+    rows = [line for line in text.splitlines() if line.startswith("| graph `/v1/batches`, chat")]
+    assert rows == [
+        "| graph `/v1/batches`, chat: the warm-up lines before it (untimed in the target) | 64 | – | 20.0 | 3.2 | 204.8 |",
+        "| graph `/v1/batches`, chat | 512 | 0 | 40.0 | 12.8 | 819.2 |",
+        "| graph `/v1/batches`, chat, again with the online requests below beside it | 512 | 0 | 41.0 | 12.49 | 799.2 |",
+    ]
     assert "both on a warm engine: the graph after an untimed batch of 64 other lines" in text
     assert "vLLM's as the run of those 64 lines and the file together less the run of those lines alone" in text
     assert "a one-line run" not in text
