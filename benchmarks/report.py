@@ -441,19 +441,18 @@ def _warm_up(chat: dict) -> str:
 
 
 def _batch_rows(chat: dict, emb: dict) -> list[list]:
+    graph = chat.get("graph") or {}
+    runs = (("graph `/v1/batches`, chat: the warm-up lines before it (untimed in the target)", graph.get("warm_up")),
+            ("graph `/v1/batches`, chat", graph),
+            ("graph `/v1/batches`, chat, again with the online requests below beside it", graph.get("with_online_probe")),
+            ("vLLM `run_batch`, chat", chat.get("vllm_run_batch")),
+            ("graph `/v1/batches`, embeddings", emb.get("graph")))
     rows = []
-    for label, r in (("graph `/v1/batches`, chat", chat.get("graph")), ("vLLM `run_batch`, chat", chat.get("vllm_run_batch")),
-                     ("graph `/v1/batches`, embeddings", emb.get("graph"))):
+    for label, r in runs:
         if isinstance(r, dict) and "wall_s" in r:
-            rows.append([label, r.get("lines"), r.get("failed", "–"), r["wall_s"], r.get("lines_per_s"), r.get("tokens_per_s")])
-    warm = (chat.get("graph") or {}).get("warm_up")
-    if isinstance(warm, dict) and "wall_s" in warm:
-        rows.insert(0, ["graph `/v1/batches`, chat: the warm-up lines before it (untimed in the target)", warm.get("lines"), "–",
-                        warm["wall_s"], round(warm["lines"] / warm["wall_s"], 2) if warm.get("lines") else None, warm.get("tokens_per_s")])
-    probed = (chat.get("graph") or {}).get("with_online_probe")
-    if isinstance(probed, dict) and "wall_s" in probed:
-        rows.insert(2 if rows and rows[0][0].endswith("(untimed in the target)") else 1, ["graph `/v1/batches`, chat, again with the online requests below beside it", probed.get("lines"),
-                        probed.get("failed", "–"), probed["wall_s"], probed.get("lines_per_s"), probed.get("tokens_per_s")])
+            # the warm-up row records no rate of its own: lines over its wall time
+            per_s = r.get("lines_per_s") or (round(r["lines"] / r["wall_s"], 2) if r.get("lines") else None)
+            rows.append([label, r.get("lines"), r.get("failed", "–"), r["wall_s"], per_s, r.get("tokens_per_s")])
     raw = emb.get("raw") or {}
     if raw.get("sentences_per_s"):
         rows.append([f"raw `SentenceTransformer.encode`, batches of {raw.get('batch_size')}", raw.get("sentences"), "–",

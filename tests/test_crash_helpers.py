@@ -8,7 +8,9 @@ The recovery rule decides when a killed model answers again. The embeddings cras
 failed (CI, 2026-12-07) with 4,527 requests answered and none failed: Ray's router had held
 every request for the restarted replica, and the rule waited for a failure that never came."""
 
-from tests.crash import Outcome, Recovery, is_replica_title
+import pytest
+
+from tests.crash import Outcome, Recovery, check_recovery, is_replica_title
 
 KILL = 100.0
 
@@ -62,3 +64,27 @@ def test_a_hidden_outage_recovers_when_the_first_answer_after_the_kill_comes():
 
 def test_no_answer_after_the_kill_is_no_recovery():
     assert recovery([failed(100.1, 100.2)]).answered_again(failed(101.0, 101.1)) is None
+
+
+def hidden_kill(recovered_at: float, replacement_started: float, failure_at: float | None = None) -> Recovery:
+    """A kill no request failed for (or one failure, after the recovery), answered at ``recovered_at``."""
+    outcomes = [ok(99.0, 99.5), ok(99.9, recovered_at), ok(recovered_at + 0.1, recovered_at + 0.2)]
+    if failure_at is not None:
+        outcomes.append(Outcome(99.95, failure_at, "embed", 200, "error-event"))
+    hidden = recovery(outcomes)
+    hidden.recovered_s, hidden.replacement_started = recovered_at - KILL, replacement_started
+    hidden.descendants_gone_s, hidden.mem_before_mib, hidden.mem_after_mib = 0.0, 1000.0, 1000.0
+    return hidden
+
+
+def test_a_hidden_outage_passes_only_if_answered_after_the_new_replica_started():
+    check_recovery(hidden_kill(106.0, replacement_started=103.0), {(200, "error-event")})
+    with pytest.raises(AssertionError, match="kill missed the serving replica"):
+        check_recovery(hidden_kill(100.2, replacement_started=103.0), {(200, "error-event")})
+    with pytest.raises(AssertionError, match="kill missed the serving replica"):  # a failure only after it
+        check_recovery(hidden_kill(100.2, replacement_started=103.0, failure_at=101.0), {(200, "error-event")})
+
+
+def test_a_kill_without_a_new_replica_fails():
+    with pytest.raises(AssertionError, match="no new replica"):
+        check_recovery(hidden_kill(106.0, replacement_started=None), {(200, "error-event")})
