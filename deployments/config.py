@@ -324,6 +324,12 @@ class BatchConfig(_Config):
     )
     max_attempts: int = Field(3, ge=1, description="Tries of a line that meets a 429/500/502/504 before it is recorded as failed (a 503, a model loading or restarting, is waited out until the batch expires).")
     progress_log_s: float = Field(10.0, gt=0, description="How often the logs say how far each running batch is.")
+    driver_idle_exit_s: float = Field(
+        60.0, ge=0,
+        description="The batch driver (a Ray actor) exits after this long with no batch running and no call; "
+        "the next Files or Batches request starts it again (a second or two). An idle Ray actor costs about "
+        "1% of a core and 150 wake-ups a second beside the engines (BENCHMARKS.md, session 17). 0: it stays.",
+    )
 
     @field_validator("storage", "db_path")
     @classmethod

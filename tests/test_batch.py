@@ -737,3 +737,41 @@ async def test_openapi_documents_the_files_and_batches_routes(app):
     assert set(form["properties"]) == {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
     assert form["required"] == ["file", "purpose"]
     assert document["components"]["schemas"]["FileList"]["required"] == ["object", "data", "first_id", "last_id", "has_more"]
+
+
+async def test_an_idle_driver_asks_to_exit_only_with_no_call_and_no_batch_running(tmp_path):
+    """The batch driver's idle exit (``ray_driver.BatchDriverActor``, here as a plain object, its
+    exit request recorded): not while a call or a batch runs, and only after the idle time."""
+    from deployments.batch.ray_driver import BatchDriverActor
+
+    config = BatchConfig(storage=str(tmp_path / "files"), db_path=str(tmp_path / "b.db"), driver_idle_exit_s=0.3)
+    driver = BatchDriverActor("openai", config)
+    asked = []
+    driver._request_exit = lambda: asked.append(driver.idle_for())
+    assert (await driver.call("list_batches", "", None, 20))["data"] == []
+    assert driver.idle_for() is not None and driver.idle_for() < 0.3
+    assert await driver.exit_if_idle() is False  # not idle long enough yet: stays
+
+    release = asyncio.Event()
+    batch = asyncio.get_running_loop().create_task(release.wait())
+    driver.service.runner.tasks["batch_running"] = batch  # a batch being driven
+    await asyncio.sleep(1.0)
+    assert asked == [] and driver.idle_for() is None
+
+    call = asyncio.get_running_loop().create_task(driver.call("wait", "batch_running"))  # a call in flight
+    release.set()
+    await call
+    await asyncio.sleep(0.1)
+    assert asked == [] and driver.idle_for() < 0.3  # the call just ended: idle time starts again
+    await asyncio.sleep(0.8)
+    assert asked and all(idle >= 0.3 for idle in asked)
+    driver._watch.cancel()
+
+
+async def test_a_driver_with_idle_exit_off_never_asks(tmp_path):
+    from deployments.batch.ray_driver import BatchDriverActor
+
+    config = BatchConfig(storage=str(tmp_path / "files"), db_path=str(tmp_path / "b.db"), driver_idle_exit_s=0)
+    driver = BatchDriverActor("openai", config)
+    await driver.start()
+    assert driver._watch is None and await driver.exit_if_idle() is False

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.graph
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 LLM, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+IDLE_EXIT_S = 4  # the batch driver exits after this long idle (60 s by default); the tests below meet it
 SCHEMA = {CHAT: "CreateChatCompletionResponse", COMPLETIONS: "CreateCompletionResponse", EMBEDDINGS: "CreateEmbeddingResponse"}
 
 
@@ -28,7 +29,7 @@ def _tweak(folder: Path):
         app = config["applications"][0]
         app["args"]["audio"] = []
         app["args"]["batch"] = {"storage": str(folder / "files"), "db_path": str(folder / "batch.db"), "concurrency": 8,
-                                "progress_log_s": 2}
+                                "progress_log_s": 2, "driver_idle_exit_s": IDLE_EXIT_S}
     return tweak
 
 
@@ -99,6 +100,29 @@ def _driver():
     if not ray.is_initialized():
         ray.init(address="auto", namespace="serve", log_to_driver=False)
     return ray.get_actor("batch-driver-openai", namespace="serve")
+
+
+def _driver_alive() -> bool:
+    try:
+        _driver()
+        return True
+    except ValueError:  # no actor of that name: it exited
+        return False
+
+
+def test_an_idle_driver_exits_and_the_next_request_starts_it_again(app):
+    client = openai_clients(app)[0]
+    batch = wait_done(client, submit(client, EMBEDDINGS, 4).id)
+    deadline = time.monotonic() + IDLE_EXIT_S + 30
+    while _driver_alive():
+        assert time.monotonic() < deadline, "the batch driver did not exit while idle"
+        time.sleep(0.5)
+    again = client.batches.retrieve(batch.id)  # a new driver, on the same store
+    assert again.status == "completed" and again.request_counts.completed == 4, again
+    check_output(client, again, EMBEDDINGS, 4)
+    assert _driver_alive()
+    done = wait_done(client, submit(client, COMPLETIONS, 3).id)
+    assert done.status == "completed" and done.request_counts.completed == 3, done
 
 
 def _wait_progress(client, batch_id, at_least, timeout=120.0):
