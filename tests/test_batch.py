@@ -509,6 +509,20 @@ async def test_slots_drop_to_the_online_share_and_come_back_when_the_hold_ends()
     assert Slots(2, 8).low == 2, "the online share is at most the concurrency"
 
 
+async def test_a_stamp_whose_hold_has_ended_cuts_no_line(tmp_path):
+    """Each batch answer carries the front's last online request (0 before its first): one long
+    past, or none at all, is no traffic. It started a "spell" once, and with batch.concurrency 48
+    cut 40 lines in flight short (run again later) on the first answer after every driver start."""
+    from deployments.batch.runner import Slots
+
+    slots = Slots(48, 8)
+    for _ in range(40):
+        await slots.acquire()
+    assert slots.online(0.0 + 5.0) is False and slots.limit() == 48
+    assert slots.online(time.time() - 10 + 5.0) is False and slots.limit() == 48
+    assert slots.online(time.time() + 5.0) is True and slots.limit() == 8
+
+
 async def test_online_requests_stamp_the_traffic_the_batch_yields_to(app):
     """A streamed and a plain online chat request stamp the front's online traffic; batch lines,
     which run through execute_lines and not the routes, do not."""

@@ -99,8 +99,9 @@ class Slots:
 
     def online(self, until: float) -> bool:
         """Online traffic was seen: keep to ``low`` until ``until`` at least. True when this
-        starts a spell of online traffic (none was being held for)."""
-        if until <= self.online_until:
+        starts a spell of online traffic (none was being held for). A hold that has already ended
+        is no traffic: a front that never served an online request answers with the stamp 0."""
+        if until <= self.online_until or until <= self.clock():
             return False
         starts = self.clock() >= self.online_until
         self.online_until = until
