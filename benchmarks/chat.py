@@ -234,7 +234,7 @@ def bench_inprocess(s: ChatSettings, logs: Path) -> dict:
         args = [
             "-m", "benchmarks.inprocess", "--config", CONFIG, "--model", model,
             "-c", *map(str, s.levels), "--max-tokens", str(s.max_tokens),
-            "--requests-per-level", str(s.requests_per_level),
+            "--requests-per-level", str(s.requests_per_level), *([] if s.warm_level else ["--no-warm-level"]),
         ]
         try:
             out[model] = result_line(args, f"in-process {model}", timeout=3600, log=logs / f"inprocess-{model}.log")

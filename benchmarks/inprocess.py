@@ -80,7 +80,9 @@ async def _level(engine, tokenizer, c: int, n: int, params):
     return level_result(c, n, errors, tokens, time.perf_counter() - start, ttfts, itls)
 
 
-async def bench(config_file: str, model: str, levels: list[int], per_level: int, max_tokens: int) -> dict:
+async def bench(
+    config_file: str, model: str, levels: list[int], per_level: int, max_tokens: int, warm_level: bool = True
+) -> dict:
     from deployments import model_store
     from deployments.engines import start_engine
     from deployments.engines.base import SamplingParams
@@ -95,21 +97,28 @@ async def bench(config_file: str, model: str, levels: list[int], per_level: int,
     await _one(engine, tokenizer, "warm-up", "warm up", SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
     results = []
     try:
+        # the untimed level at the highest concurrency every HTTP path gets (benchmarks.chat): a
+        # c=1 level right after a wide one ran slower than later ones (BENCHMARKS.md, session 18),
+        # so the paths compare only if each measures its levels after the same warm-up
+        if warm_level:
+            await _level(engine, tokenizer, max(levels), max(levels), params)
         for c in levels:
             r = await _level(engine, tokenizer, c, max(c, per_level), params)
             print(f"  in-process {model} c={c}: {r.tokens_per_s} tok/s, TTFT p50 {r.ttft_p50_s}s p99 {r.ttft_p99_s}s", flush=True)
             results.append(asdict(r))
     finally:
         await engine.shutdown()
-    return {"engine": engine.info().engine, "load_s": round(load_s, 1), "levels": results}
+    return {"engine": engine.info().engine, "load_s": round(load_s, 1), "warm_level": warm_level, "levels": results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/engines-cpu.yaml")
     add_level_args(parser)
+    parser.add_argument("--no-warm-level", dest="warm_level", action="store_false",
+                        help="no untimed level at the highest concurrency before the measured ones (in-process runs before session 18 had none)")
     args = parser.parse_args()
-    out = asyncio.run(bench(args.config, args.model, args.concurrency, args.requests_per_level, args.max_tokens))
+    out = asyncio.run(bench(args.config, args.model, args.concurrency, args.requests_per_level, args.max_tokens, args.warm_level))
     print("RESULT " + json.dumps(out), flush=True)
 
 

@@ -326,6 +326,12 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     if (chat.get("settings") or {}).get("warm_level"):
         described += (f" Each server, freshly started, first ran one untimed level at c={max(chat['settings']['levels'])} "
                       "(a fresh server's first wide level runs 17-22% below its later ones, BENCHMARKS.md session 14).")
+    inproc = (chat.get("inprocess") or {}).get(VLLM) or {}
+    if inproc.get("levels"):
+        described += (" The vLLM engine in-process (the TTFT target's baseline) got the same untimed level."
+                      if inproc.get("warm_level") else
+                      " The vLLM engine in-process (the TTFT target's baseline) measured its levels after one warm-up "
+                      "request only, no wide level (a c=1 level right after a wide one ran slower, BENCHMARKS.md session 18).")
     if part.get("vllm_server_batch"):
         described += (" vLLM's server ran as its users start it, and again under SCHED_BATCH (`chrt --batch 0`), "
                       "as `make serve` starts Ray: the like-for-like pair.")

@@ -280,6 +280,12 @@ class ServerConfig(_Config):
     responses_store_size: int = Field(
         1000, ge=0, description="Responses kept in memory per ingress replica for previous_response_id (0: none)."
     )
+    ray_background_cpu: Literal["idle", "unchanged"] = Field(
+        "idle",
+        description="idle: each front replica moves Ray's processes that serve no request on its node (the GCS, "
+        "the dashboard, the agents, Serve's controller) to SCHED_IDLE once its models are loaded, so they run "
+        "between the engine's steps (Linux; deployments/background_cpu.py). unchanged: leave them as Ray starts them.",
+    )
 
 
 class BatchConfig(_Config):

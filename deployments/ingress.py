@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from ray import serve
 
-from deployments import serving_env
+from deployments import background_cpu, serving_env
 from deployments.api import create_app
 from deployments.routing import AUDIO, EMBEDDING, LLM, ModelRoute, Router
 from deployments.auth import KeyStore
@@ -90,6 +91,9 @@ class Ingress:
 
             self.batch = RayBatchService(serve.get_replica_context().app_name, config.batch)
             self._batch_start = asyncio.create_task(self._start_batch_driver())
+        self._background_cpu = None
+        if config.server.ray_background_cpu == "idle" and background_cpu.supported():
+            self._background_cpu = asyncio.create_task(self._idle_ray_background())
         logger.info("Ingress routes: %s", ", ".join(r.id for r in routes))
 
     def __serve_build_asgi_app__(self):
@@ -105,6 +109,13 @@ class Ingress:
         if self._loading is not None:
             await asyncio.gather(self._loading, return_exceptions=True)
         await self.batch.connect()
+
+    async def _idle_ray_background(self) -> None:
+        """Ray's processes that serve no request on this node under SCHED_IDLE, from when this
+        replica's models are loaded (the controller then has the whole CPU while it deploys)."""
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
+        await background_cpu.keep_idle(os.getppid())  # the replica's parent: this node's raylet
 
     async def batch_lines(self, endpoint: str, bodies: list, models: list[str] | None) -> dict:
         """Batch lines through the online route's checks and model handles, one answer each (the
@@ -161,6 +172,9 @@ class Ingress:
     async def __del__(self) -> None:
         """Serve calls this on a graceful stop: co-located engines (vLLM's child processes) stop
         with the replica, also those still starting."""
+        background = getattr(self, "_background_cpu", None)
+        if background is not None:
+            background.cancel()
         limiter = getattr(self, "limiter", None)
         if limiter is not None:
             await limiter.close()

@@ -369,3 +369,22 @@ def test_default_config_against_vllm_under_sched_batch_too():
     assert "first ran one untimed level at c=32" in report.render(results)
     assert ("in the order run: graph 90.0, server 100.0, server (SCHED_BATCH) 110.0, server (SCHED_BATCH) 110.0, "
             "server 100.0, graph 90.0; graph/server of each neighbouring pair: 0.90x, 0.90x.") in text
+
+
+def test_the_section_says_whether_the_in_process_baseline_had_the_warm_level():
+    """The TTFT target compares the graph with the engine in-process: the section says whether
+    the in-process run measured after the same untimed wide level as the HTTP paths."""
+    from benchmarks.chat import DEFAULT_ORDER, combined
+
+    model = "smollm2-135m-instruct"
+    results = synthetic()
+    results["chat"]["default_config"] = {
+        "model": model, "dtype": "bfloat16", "order": list(DEFAULT_ORDER[:2]),
+        "graph": combined([{"position": 1, model: [level(32, 90.0, 6.0)]}], model),
+        "vllm_server": combined([{"position": 2, "smollm2": [level(32, 100.0, 5.0)]}], "smollm2"),
+    }
+    assert "measured its levels after one warm-up request only" in report.render(results)
+    results["chat"]["inprocess"]["smollm2-vllm"]["warm_level"] = True
+    text = report.render(results)
+    assert "in-process (the TTFT target's baseline) got the same untimed level" in text
+    assert "after one warm-up request only" not in text

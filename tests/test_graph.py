@@ -14,7 +14,7 @@ import openai
 import psutil
 import pytest
 
-from deployments import serving_env
+from deployments import background_cpu, serving_env
 from tests.conftest import running_after
 from tests.spec import validate
 from tests.vectors import assert_same_vectors
@@ -271,21 +271,33 @@ async def test_disconnect_storm_leaves_no_running_requests(aclient, graph):
 
 # --------------------------------------------------------------------------- the serving environment
 @pytest.mark.skipif(not serving_env.scheduler_prefix(), reason="no SCHED_BATCH or no chrt on this OS")
-def test_ray_and_every_process_it_starts_run_under_sched_batch(graph, client):
+def test_ray_and_every_process_it_starts_run_under_sched_batch_and_its_background_under_sched_idle(graph, client):
     """Started as `make serve` starts it, Ray's own processes, the replicas and vLLM's engine
-    processes all inherit SCHED_BATCH (Ray does not reset it), and the front's start-up line says so."""
+    processes all inherit SCHED_BATCH (Ray does not reset it), and the front's start-up line says
+    so; once the front's models are loaded it moves Ray's processes that serve no request (the
+    GCS, the dashboard, Serve's controller) to SCHED_IDLE, and nothing on a request's path."""
+    import time
+
     client.chat.completions.create(model=CHAT_MODEL, messages=FRANCE, max_tokens=1)  # the engine is up
+    deadline = time.monotonic() + 120
+    while "background processes on this node run under SCHED_IDLE" not in graph.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the front did not move Ray's background processes to SCHED_IDLE"
+        time.sleep(1)
     root = psutil.Process(graph.proc.pid)
-    names = []
+    raylet = next(p for p in root.children(recursive=True) if "raylet/raylet" in " ".join(p.cmdline()))
+    background = set(background_cpu.off_path_processes(raylet.pid))
+    names = {"batch": [], "idle": []}
     for proc in [root, *root.children(recursive=True)]:
         try:
             name, policy = " ".join(proc.cmdline()), os.sched_getscheduler(proc.pid)
         except (psutil.Error, OSError):  # exited meanwhile
             continue
-        assert policy == os.SCHED_BATCH, name[:200]
-        names.append(name)
-    joined = "\n".join(names)
-    assert "raylet" in joined and "ServeReplica:openai:Ingress" in joined and "vllm" in joined
+        expected = os.SCHED_IDLE if proc.pid in background else os.SCHED_BATCH
+        assert policy == expected, name[:200]
+        names["idle" if proc.pid in background else "batch"].append(name)
+    batch, idle = "\n".join(names["batch"]), "\n".join(names["idle"])
+    assert "raylet" in batch and "ServeReplica:openai:Ingress" in batch and "vllm" in batch and "haproxy" in batch
+    assert "gcs_server" in idle and "dashboard.py" in idle and "ray::ServeController" in idle
     log = graph.log_path.read_text(errors="replace")
     assert "CPU scheduling: SCHED_BATCH" in log
     assert "not started under SCHED_BATCH" not in log
