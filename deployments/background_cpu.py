@@ -130,6 +130,6 @@ async def keep_idle(raylet_pid: int, period_s: float = PERIOD_S) -> None:
         pids = await asyncio.to_thread(off_path_processes, raylet_pid)
         moved = await asyncio.to_thread(to_idle, pids)
         if first:
-            logger.info("Ray's background processes on this node run under SCHED_IDLE: %d processes, %d threads", len(pids), moved)
+            logger.info("Ray's background processes on this node run under SCHED_IDLE: %d processes (%d threads moved now)", len(pids), moved)
             first = False
         await asyncio.sleep(period_s)
