@@ -23,9 +23,9 @@ engine processes), Serve's HAProxy manager (it starts HAProxy, which every reque
 Serve's fallback HTTP proxy (HAProxy's backup: requests wait in it while no front replica is
 up), the batch driver (batches go through it), idle workers (they become replicas).
 
-Linux only; elsewhere, or where a process belongs to another user, nothing changes. The front
-applies it at start and again every :data:`PERIOD_S` (a restarted controller or a new dashboard
-module is a new process). ``server.ray_background_cpu: unchanged`` turns it off.
+Linux only; elsewhere, or where a process belongs to another user, nothing changes. Each front
+replica applies it once its co-located models are loaded (the controller has the whole CPU while
+it deploys) and again every :data:`PERIOD_S` (a restarted controller is a new process). ``server.ray_background_cpu: unchanged`` turns it off.
 """
 
 from __future__ import annotations
