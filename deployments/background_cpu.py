@@ -112,9 +112,7 @@ def to_idle(pids: list[int], proc: Path = Path("/proc")) -> int:
                 if os.sched_getscheduler(tid) != os.SCHED_IDLE:
                     os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
                     moved += 1
-            except ProcessLookupError:
-                continue
-            except PermissionError:  # another user's process (a shared node): leave it
+            except (ProcessLookupError, PermissionError):  # gone, or another user's (a shared node)
                 continue
     return moved
 

@@ -106,16 +106,19 @@ class Ingress:
     async def _start_batch_driver(self) -> None:
         """Start (or find) the batch driver once this replica's models are loaded: its process
         would compete with their start for the CPU, and no batch line can run before them."""
-        if self._loading is not None:
-            await asyncio.gather(self._loading, return_exceptions=True)
+        await self._models_settled()
         await self.batch.connect()
 
     async def _idle_ray_background(self) -> None:
         """Ray's processes that serve no request on this node under SCHED_IDLE, from when this
         replica's models are loaded (the controller then has the whole CPU while it deploys)."""
+        await self._models_settled()
+        await background_cpu.keep_idle(os.getppid())  # the replica's parent: this node's raylet
+
+    async def _models_settled(self) -> None:
+        """Returns once the co-located models have loaded, or failed to (at once without any)."""
         if self._loading is not None:
             await asyncio.gather(self._loading, return_exceptions=True)
-        await background_cpu.keep_idle(os.getppid())  # the replica's parent: this node's raylet
 
     async def batch_lines(self, endpoint: str, bodies: list, models: list[str] | None) -> dict:
         """Batch lines through the online route's checks and model handles, one answer each (the
