@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
+
+from deployments import procfs
 
 TICK = os.sysconf("SC_CLK_TCK")
 CLIENT = "client (load generator)"
@@ -47,32 +48,17 @@ def hop_of(cmdline: str) -> str | None:
     return None
 
 
-def _read(pid: str) -> tuple[str, int] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone in between
-        return None
-    cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return cmdline, int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-
-
 def snapshot(client_pid: int | None = None) -> dict[int, tuple[str, int]]:
     """pid -> (hop, CPU ticks so far) for every process on a hop; ``client_pid`` is the client."""
     client_pid = os.getpid() if client_pid is None else client_pid
     out: dict[int, tuple[str, int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid in procfs.pids():
+        p = procfs.read(pid)
+        if p is None:  # gone in between
             continue
-        read = _read(entry)
-        if read is None:
-            continue
-        cmdline, ticks = read
-        hop = CLIENT if int(entry) == client_pid else hop_of(cmdline)
+        hop = CLIENT if pid == client_pid else hop_of(p.cmdline)
         if hop is not None:
-            out[int(entry)] = (hop, ticks)
+            out[pid] = (hop, p.cpu_ticks)
     return out
 
 

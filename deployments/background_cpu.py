@@ -35,6 +35,8 @@ import logging
 import os
 from pathlib import Path
 
+from deployments import procfs
+
 logger = logging.getLogger("ray.serve")
 
 PERIOD_S = 30.0
@@ -43,17 +45,9 @@ PERIOD_S = 30.0
 OFF_PATH_WORKERS = ("ray::ServeController", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
-def _read(proc: Path, pid: int) -> tuple[int, str] | None:
-    """``(parent pid, command line)`` of ``pid``; None when it is gone or a zombie."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-        cmdline = (proc / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and ')'
-    if fields[0] == "Z" or not cmdline:
-        return None
-    return int(fields[1]), cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+def _live(p: procfs.Process | None) -> procfs.Process | None:
+    """``p`` unless it is gone or a zombie (a zombie has no command line left to judge it by)."""
+    return p if p is not None and p.state != "Z" and p.cmdline else None
 
 
 def _session_dir(raylet_cmdline: str) -> str | None:
@@ -65,17 +59,14 @@ def _session_dir(raylet_cmdline: str) -> str | None:
 
 def off_path_processes(raylet_pid: int, proc: Path = Path("/proc")) -> list[int]:
     """The pids of this node's Ray processes that serve no request (see the module's doc)."""
-    raylet = _read(proc, raylet_pid)
-    session = _session_dir(raylet[1]) if raylet else None
+    raylet = _live(procfs.read(raylet_pid, proc))
+    session = _session_dir(raylet.cmdline) if raylet else None
     if session is None:
         return []
-    table = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit() and (info := _read(proc, int(entry.name))) is not None:
-            table[int(entry.name)] = info
+    table = {pid: p for pid in procfs.pids(proc) if (p := _live(procfs.read(pid, proc)))}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, p in table.items():
+        children.setdefault(p.ppid, []).append(pid)
 
     def subtree(roots) -> set[int]:
         seen, stack = set(roots), list(roots)
@@ -89,11 +80,11 @@ def off_path_processes(raylet_pid: int, proc: Path = Path("/proc")) -> list[int]
     # the raylet's own tree (its workers, and what they start) is on the path, but for the
     # agents and Serve's controller; a worker not yet named may name the session
     raylet_tree = subtree([raylet_pid])
-    agents = [pid for pid in children.get(raylet_pid, []) if table[pid][1].startswith(OFF_PATH_WORKERS)]
+    agents = [pid for pid in children.get(raylet_pid, []) if table[pid].cmdline.startswith(OFF_PATH_WORKERS)]
     named = [
         pid
-        for pid, (_, cmdline) in table.items()
-        if pid not in raylet_tree and (session + " " in cmdline + " " or session + "/" in cmdline)
+        for pid, p in table.items()
+        if pid not in raylet_tree and (session + " " in p.cmdline + " " or session + "/" in p.cmdline)
     ]
     chosen = subtree(agents + named)
     return sorted(chosen)

@@ -20,7 +20,8 @@ def fake_proc(tmp_path: Path, processes: dict[int, tuple[int, str, str]]) -> Pat
         d = tmp_path / str(pid)
         d.mkdir()
         # the command name may hold spaces and parentheses, as a real one can
-        (d / "stat").write_text(f"{pid} (x (y) z) {state} {ppid} 1 1 0 -1 4194304\n")
+        rest = " ".join(["0"] * 48)  # fields 5-52 of a real line (proc(5))
+        (d / "stat").write_text(f"{pid} (x (y) z) {state} {ppid} {rest}\n")
         (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in cmdline.split(" ")) + b"\0")
     (tmp_path / "self").mkdir()  # not a process
     return tmp_path
