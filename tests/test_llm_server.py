@@ -124,3 +124,25 @@ async def test_closing_a_stream_aborts_every_choice_in_the_engine():
     await stream.aclose()
     await asyncio.sleep(0.05)
     assert not engine.running and len(engine.aborted) == 3
+
+
+async def test_the_first_token_is_not_held_behind_the_role_chunk():
+    """The chat's role chunk goes at once and opens no coalescing window: one it opened would
+    hold the first token back by up to ``stream_interval_ms`` (at once on a GPU: the whole window)."""
+    import time
+
+    script = "hello, this answer takes a second to stream out"  # 48 tokens, 20 ms apart
+    engine = FakeEngine(script=script, step_delay=0.02, max_model_len=128)
+    server = await construct(LLMServer, LLMConfig(id="fake", source="unused", stream_interval_ms=1000), engine)
+    start, arrivals = time.monotonic(), []
+    async for message in server.chat_stream(_chat(stream=True)):
+        arrivals.append((time.monotonic() - start, _payloads(await _events(_once(message)))))
+    assert arrivals[0][1][0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    first_text = next(t for t, payloads in arrivals if any(p["choices"] and p["choices"][0]["delta"].get("content") for p in payloads))
+    assert first_text < 0.5, f"the first token came {first_text:.2f} s in, held by the 1 s window"
+    text = "".join(p["choices"][0]["delta"].get("content") or "" for _, ps in arrivals for p in ps if p["choices"])
+    assert text == script
+
+
+async def _once(message: str):
+    yield message

@@ -46,16 +46,16 @@ class ChatHalf:
 
         body = self._chunks(req, rid, prompt, params, tool_names, tally, chunk)
         usage_chunk = (lambda usage: chunk([], usage)) if req.include_usage else None
-        async with aclosing(self.core.sse_stream(body, tally, usage_chunk)) as messages:
+        role = chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(req.n or 1)])
+        async with aclosing(self.core.sse_stream(body, tally, usage_chunk, lead=role)) as messages:
             async for message in messages:
                 yield message
 
     async def _chunks(self, req, rid, prompt, params, tool_names, tally: Tally, chunk) -> AsyncIterator[dict[str, Any]]:
-        """The stream's chunks up to each choice's finish reason."""
+        """The stream's chunks after the role chunk, up to each choice's finish reason."""
         n = req.n or 1
         # with tools, text that may be a call is held back until it can be parsed
         splitters = [tools.StreamSplitter(tool_names) for _ in range(n)] if tool_names else None
-        yield chunk([protocol.chat_chunk_choice(i, {"role": "assistant", "content": ""}) for i in range(n)])
         async with aclosing(self.core.choices(rid, prompt, params, req.stop_list, n, self.core.lora(req.model))) as deltas:
             async for d in deltas:
                 tally.completion_tokens += len(d.token_ids)

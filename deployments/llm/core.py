@@ -176,12 +176,20 @@ class GenerationCore:
 
     # ------------------------------------------------------------------ streams
     async def sse_stream(
-        self, chunks: AsyncIterator[dict[str, Any]], tally: Tally, usage_chunk: Callable[[dict[str, int]], dict[str, Any]] | None
+        self,
+        chunks: AsyncIterator[dict[str, Any]],
+        tally: Tally,
+        usage_chunk: Callable[[dict[str, int]], dict[str, Any]] | None,
+        lead: dict[str, Any] | None = None,
     ) -> AsyncIterator[str]:
         """The one way an answer streams: each chunk as an SSE event; at the end the usage chunk
         (``usage_chunk``, when the client asked for it), the usage comment the ingress's metrics
         read, and ``[DONE]``. Events produced within ``stream_interval_ms`` go as one message, so
-        the hops behind the server carry few, small messages."""
+        the hops behind the server carry few, small messages. ``lead`` (the chat's role chunk)
+        goes first, at once, and opens no window: it carries no text, and a window it opened
+        would hold the first token back by up to ``stream_interval_ms``."""
+        if lead is not None:
+            yield sse.event(lead)
 
         async def events() -> AsyncIterator[str]:
             async with aclosing(chunks):
