@@ -19,12 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-from benchmarks.load import one_request, run_level
+from benchmarks.load import WARM_SEED, level_seed, one_request, run_level
 from benchmarks.procstat import CPUMeter, per_request_ms
-from benchmarks.servers import result_line, stop_app, stop_group, wait_http
+from benchmarks.servers import freeze, process_tree, result_line, stop_app, stop_group, thaw, wait_http
+from deployments import procfs
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/engines-cpu.yaml"
@@ -43,25 +45,31 @@ class ChatSettings:
     warm_level: bool = True  # an untimed level at the highest concurrency before the measured ones
 
 
-async def measured_levels(base_url: str, model: str, s: ChatSettings, label: str) -> list[dict]:
-    """Each level of the streamed load, with the CPU every hop spent during it."""
+async def measured_levels(
+    base_url: str, model: str, s: ChatSettings, label: str, measure: bool = True, visit: int = 0
+) -> list[dict]:
+    """Each level of the streamed load, with the CPU every hop spent during it (after the
+    warm-up; with ``measure`` False, the warm-up only), on the prompts of ``visit``
+    (:func:`benchmarks.load.level_seed`)."""
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", timeout=600, max_retries=0)
-    await one_request(client, model, "warm up", 4, EXTRA)
-    # One untimed level at the highest concurrency first: a fresh server's first wide level ran
-    # 17-22% below its later ones, vLLM's own server and the graph alike (BENCHMARKS.md session
-    # 14), a one-off (the kernels' first runs at new batch shapes, the KV cache's first touch)
-    # that the cold-start figure already covers. Every path gets the same warm-up.
-    if s.warm_level:
-        c = max(s.levels)
-        await run_level(client, model, c, c, s.max_tokens, EXTRA)
     out = []
     try:
+        await one_request(client, model, "warm up", 4, EXTRA)
+        # One untimed level at the highest concurrency first: a fresh server's first wide level
+        # ran 17-22% below its later ones, vLLM's own server and the graph alike (BENCHMARKS.md
+        # session 14), a one-off (the kernels' first runs at new batch shapes, the KV cache's
+        # first touch) that the cold-start figure already covers. Every path gets the same warm-up.
+        if s.warm_level:
+            c = max(s.levels)
+            await run_level(client, model, c, c, s.max_tokens, EXTRA, seed=WARM_SEED + c)
+        if not measure:
+            return out
         for c in s.levels:
             n = max(c, s.requests_per_level)
             with CPUMeter() as cpu:
-                r = await run_level(client, model, c, n, s.max_tokens, EXTRA)
+                r = await run_level(client, model, c, n, s.max_tokens, EXTRA, seed=level_seed(c, visit))
             row = asdict(r)
             row["cpu_s"] = cpu.seconds
             row["cpu_ms_per_request"] = per_request_ms(cpu.seconds, n)
@@ -112,12 +120,13 @@ def bench_graph(s: ChatSettings, logs: Path) -> dict:
     return out
 
 
-def bench_vllm_server(
-    s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE, log_name: str = "vllm-server.log", scheduler: bool = False
-) -> dict:
+def start_vllm_server(
+    path: str, logs: Path, dtype: str = DTYPE, log_name: str = "vllm-server.log", scheduler: bool = False
+) -> tuple[subprocess.Popen, str, float, str]:
     """vLLM's own OpenAI server with the graph's engine settings for ``smollm2-vllm`` (the same
     as the default config's chat model: context 2048, 64 sequences, eager, 2 GiB KV cache); with
-    ``scheduler``, started under SCHED_BATCH as ``make serve`` starts Ray (like for like)."""
+    ``scheduler``, started under SCHED_BATCH as ``make serve`` starts Ray (like for like).
+    Returns the process (a session of its own), its base URL, seconds to healthy, the command."""
     from deployments import serving_env
     from tests.conftest import free_port, hold_graph_lock
 
@@ -138,10 +147,21 @@ def bench_vllm_server(
         proc = subprocess.Popen([*prefix, *cmd], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", 300, proc)
-        started = round(time.monotonic() - t0, 1)
-        print("vLLM's own OpenAI server" + (" under SCHED_BATCH" if prefix else ""), flush=True)
-        levels = asyncio.run(measured_levels(f"http://127.0.0.1:{port}/v1", "smollm2", s, "vLLM server"))
-        return {"command": " ".join([*prefix, *cmd[1:]]), "start_to_healthy_s": started, "smollm2": levels}
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1", round(time.monotonic() - t0, 1), " ".join([*prefix, *cmd[1:]])
+
+
+def bench_vllm_server(
+    s: ChatSettings, path: str, logs: Path, dtype: str = DTYPE, log_name: str = "vllm-server.log", scheduler: bool = False
+) -> dict:
+    """:func:`start_vllm_server`, then the load's levels on it."""
+    proc, base, started, command = start_vllm_server(path, logs, dtype, log_name, scheduler)
+    try:
+        print("vLLM's own OpenAI server" + (" under SCHED_BATCH" if scheduler else ""), flush=True)
+        levels = asyncio.run(measured_levels(base, "smollm2", s, "vLLM server"))
+        return {"command": command, "start_to_healthy_s": started, "smollm2": levels}
     finally:
         stop_group(proc)
 
@@ -157,52 +177,66 @@ def default_chat_model() -> dict:
     return config["applications"][0]["args"]["llms"][0]
 
 
-# Issue 12's comparison measures each path twice, in this order, each time freshly started: the
-# first path of a run measured slower than the same path later (session 8: the graph 264, then
-# vLLM's server 363, then the graph again 315 tok/s), so one of each in a fixed order favoured
-# whichever went second. In A-B-B-A order a drift over the run falls on both paths alike.
-# ``vllm_server`` is vLLM's server as its users start it (the target's baseline);
-# ``vllm_server_batch`` the same under SCHED_BATCH, as `make serve` starts Ray: vLLM's own
-# processes preempt its engine less too (+9% at c=32 on 2 cores, BENCHMARKS.md session 15), so
-# that pair is the like-for-like comparison.
+# Issue 12's comparison. Until session 18 each path ran twice, freshly started, in A-B-B-A order,
+# minutes apart: the machine's speed moved by up to a third within one 40-minute run, and
+# neighbouring graph/server pairs gave 0.85x-1.19x, more than the gap measured. Now every path
+# starts once and all stay up; a visit thaws one path, measures its levels and freezes it again
+# (benchmarks.servers.freeze: a frozen server spends no CPU), so neighbouring visits are seconds
+# apart and a drift falls on every path alike. ``vllm_server`` is vLLM's server as its users start
+# it (the target's baseline); ``vllm_server_batch`` the same under SCHED_BATCH, as `make serve`
+# starts Ray: vLLM's own processes preempt its engine less too (+9% at c=32 on 2 cores,
+# BENCHMARKS.md session 15), so that pair is the like-for-like comparison.
 DEFAULT_ORDER = ("graph", "vllm_server", "vllm_server_batch", "vllm_server_batch", "vllm_server", "graph")
+DEFAULT_ROUNDS = 2  # the order above, this many times
+SETTLE_S = 2.0  # after a thaw, before the visit's first request
 
 
-def _default_graph_run(s: ChatSettings, model: dict, logs: Path, position: int) -> dict:
+@dataclass
+class _Server:
+    """One path of the comparison, up for the whole run."""
+
+    root: int  # the process whose tree is frozen and thawed
+    base_url: str
+    model: str
+    about: dict  # what the report shows of it: how it was started, how long it took
+    stop: Callable[[], str | None]  # what went wrong in stopping it, or None
+
+
+def _start_graph(model: dict, tmp: Path, logs: Path) -> _Server:
     from tests.conftest import start_app
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-default-"))
     t0 = time.monotonic()
     app = start_app(DEFAULT_CONFIG, tmp)
-    run: dict = {"config": DEFAULT_CONFIG, "position": position, "start_to_healthy_s": round(time.monotonic() - t0, 1)}
-    try:
-        print(f"default config / {model['id']} ({model.get('dtype', 'bfloat16')}), run {position} of the order", flush=True)
-        run[model["id"]] = asyncio.run(measured_levels(app.base_url + "/v1", model["id"], s, f"default config ({position})"))
-    finally:
-        problem = stop_app(app, logs / f"default-serve-{position}.log")
-        if problem:
-            run["stop_problem"] = problem
-    return run
+    about = {"config": DEFAULT_CONFIG, "start_to_healthy_s": round(time.monotonic() - t0, 1)}
+    return _Server(app.proc.pid, app.base_url + "/v1", model["id"], about, lambda: stop_app(app, logs / "default-serve.log"))
+
+
+def _start_server(path: str, dtype: str, logs: Path, batch: bool) -> _Server:
+    name = "vllm-server-batch.log" if batch else "vllm-server.log"
+    proc, base, started, command = start_vllm_server(path, logs, dtype, log_name=name, scheduler=batch)
+    return _Server(proc.pid, base, "smollm2", {"command": command, "start_to_healthy_s": started}, lambda: stop_group(proc))
+
+
+def _replicas(root: int) -> set[int]:
+    """The Serve replicas' processes under ``root``: the same set before and after the visits
+    says no health check failed one while its app was frozen."""
+    return {pid for pid in process_tree(root) if (p := procfs.read(pid)) and "ServeReplica:" in p.cmdline}
 
 
 def combined(runs: list[dict], key: str) -> dict:
     """One path's runs as the report reads them: ``key``'s levels averaged over the runs
-    (:func:`benchmarks.stats.mean_levels`), the mean start-up time, and every run as measured."""
+    (:func:`benchmarks.stats.mean_levels`), and every run as measured."""
     from benchmarks.stats import mean_levels
 
-    starts = [r["start_to_healthy_s"] for r in runs if r.get("start_to_healthy_s") is not None]
-    out = {k: v for k, v in runs[0].items() if k not in (key, "position", "start_to_healthy_s", "stop_problem")}
-    out[key] = mean_levels([r[key] for r in runs])
-    out["start_to_healthy_s"] = round(sum(starts) / len(starts), 1) if starts else None
-    out["runs"] = runs
-    return out
+    return {key: mean_levels([r[key] for r in runs]), "runs": runs}
 
 
-def bench_default(s: ChatSettings, logs: Path) -> dict:
+def bench_default(s: ChatSettings, logs: Path, rounds: int = DEFAULT_ROUNDS) -> dict:
     """Issue 12's figure: the default ``serve_config.yaml`` as ``make serve`` runs it (the
     serving environment of ``configs/serving.env`` included) against vLLM's own server on the
-    same model folder, dtype and engine arguments, in the same run: each path twice, in
-    :data:`DEFAULT_ORDER`, and the report compares their means."""
+    same model folder, dtype and engine arguments. Every path is started and warmed once and
+    frozen; then each visit, in :data:`DEFAULT_ORDER` ``rounds`` times, thaws one path, runs the
+    load's levels on it and freezes it again. The report compares the paths' means."""
     from deployments import serving_env
     from deployments.model_store import resolve
 
@@ -210,17 +244,50 @@ def bench_default(s: ChatSettings, logs: Path) -> dict:
     dtype = model.get("dtype", "bfloat16")
     path = resolve(model["source"], dtype)
     # no SCHED_BATCH on this OS: the like-for-like path is the plain one, so it is left out
-    order = [p for p in DEFAULT_ORDER if p != "vllm_server_batch" or serving_env.scheduler_prefix()]
-    runs: dict[str, list[dict]] = {p: [] for p in order}
-    for position, which in enumerate(order, 1):
-        if which == "graph":
-            run = _default_graph_run(s, model, logs, position)
-        else:
-            run = {**bench_vllm_server(s, path, logs, dtype, log_name=f"vllm-server-{position}.log",
-                                       scheduler=which == "vllm_server_batch"), "position": position}
-        runs[which].append(run)
-    return {"model": model["id"], "dtype": dtype, "order": order, "graph": combined(runs["graph"], model["id"]),
-            **{p: combined(r, "smollm2") for p, r in runs.items() if p != "graph"}}
+    pattern = [p for p in DEFAULT_ORDER if p != "vllm_server_batch" or serving_env.scheduler_prefix()]
+    order = pattern * rounds
+    servers: dict[str, _Server] = {}
+    frozen: set[str] = set()
+    try:
+        for which in dict.fromkeys(pattern):  # start each, warm it, freeze it
+            print(f"starting {which}", flush=True)
+            if which == "graph":
+                servers[which] = _start_graph(model, Path(tempfile.mkdtemp(prefix="bench-default-")), logs)
+            else:
+                servers[which] = _start_server(path, dtype, logs, batch=which == "vllm_server_batch")
+            server = servers[which]
+            asyncio.run(measured_levels(server.base_url, server.model, s, f"{which} warm-up", measure=False))
+            freeze(server.root)
+            frozen.add(which)
+        replicas = _replicas(servers["graph"].root)
+        runs: dict[str, list[dict]] = {p: [] for p in pattern}
+        for position, which in enumerate(order, 1):
+            server = servers[which]
+            thaw(server.root)
+            frozen.discard(which)
+            time.sleep(SETTLE_S)
+            label = f"{which} (visit {position} of {len(order)})"
+            no_warm_level = replace(s, warm_level=False)  # warmed at the start
+            levels = asyncio.run(measured_levels(server.base_url, server.model, no_warm_level, label, visit=position))
+            runs[which].append({"position": position, server.model: levels})
+            freeze(server.root)
+            frozen.add(which)
+        replaced = replicas != _replicas(servers["graph"].root)
+    finally:
+        problems = {}
+        for which, server in servers.items():
+            if which in frozen:
+                thaw(server.root)  # a stopped process would hold its SIGTERM until continued
+            if problem := server.stop():
+                problems[which] = problem
+    out = {"model": model["id"], "dtype": dtype, "order": order, "interleaved": True, "rounds": rounds,
+           "replicas_replaced": replaced}
+    for which, server in servers.items():
+        key = server.model
+        out[which] = {**combined(runs[which], key), **server.about}
+        if which in problems:
+            out[which]["stop_problem"] = problems[which]
+    return out
 
 
 def bench_inprocess(s: ChatSettings, logs: Path) -> dict:

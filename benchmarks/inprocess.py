@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.load import add_level_args, level_result, prompts
+from benchmarks.load import WARM_SEED, add_level_args, level_result, level_seed, prompts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,9 +57,9 @@ async def _one(engine, tokenizer, request_id: str, prompt: str, params) -> tuple
     return ttft if ttft is not None else float("nan"), [g / per_piece for g in gaps], tokens
 
 
-async def _level(engine, tokenizer, c: int, n: int, params):
+async def _level(engine, tokenizer, c: int, n: int, params, seed: int | None = None):
     """n requests, c at a time, as ``benchmarks.load.run_level`` sends them over HTTP."""
-    queue = list(enumerate(prompts(n, seed=c)))
+    queue = list(enumerate(prompts(n, seed=level_seed(c) if seed is None else seed)))
     ttfts, itls, tokens, errors = [], [], 0, 0
 
     async def worker() -> None:
@@ -101,7 +101,7 @@ async def bench(
         # c=1 level right after a wide one ran slower than later ones (BENCHMARKS.md, session 18),
         # so the paths compare only if each measures its levels after the same warm-up
         if warm_level:
-            await _level(engine, tokenizer, max(levels), max(levels), params)
+            await _level(engine, tokenizer, max(levels), max(levels), params, seed=WARM_SEED + max(levels))
         for c in levels:
             r = await _level(engine, tokenizer, c, max(c, per_level), params)
             print(f"  in-process {model} c={c}: {r.tokens_per_s} tok/s, TTFT p50 {r.ttft_p50_s}s p99 {r.ttft_p99_s}s", flush=True)

@@ -25,6 +25,18 @@ from benchmarks.stats import pct
 TOPICS = ["the sea", "mountains", "a city at night", "an old library", "the history of bread", "a robot", "winter", "a lighthouse"]
 
 
+# The untimed warm-up level's prompts are never a measured level's: vLLM keeps a prompt's prefix
+# in its cache, and a measured level that repeated warm-up prompts would skip their prefill.
+WARM_SEED = 1_000_000
+
+
+def level_seed(concurrency: int, visit: int = 0) -> int:
+    """The prompts' seed of a measured level: its concurrency, and where a server is measured
+    several times (``benchmarks.chat.bench_default``'s visits), the visit too, so no visit
+    repeats prompts an earlier one left in the prefix cache (same lengths, other topics)."""
+    return concurrency + 1000 * visit
+
+
 def prompts(n: int, seed: int = 0) -> list[str]:
     """Mixed lengths: a short question, a paragraph-sized one, and a long context."""
     rng = random.Random(seed)
@@ -84,8 +96,12 @@ async def one_request(client, model: str, prompt: str, max_tokens: int, extra: d
     return ttft if ttft is not None else float("nan"), [g / per_piece for g in gaps], tokens
 
 
-async def run_level(client, model: str, concurrency: int, n_requests: int, max_tokens: int, extra: dict) -> LevelResult:
-    queue = list(enumerate(prompts(n_requests, seed=concurrency)))
+async def run_level(
+    client, model: str, concurrency: int, n_requests: int, max_tokens: int, extra: dict, seed: int | None = None
+) -> LevelResult:
+    """``n_requests`` streamed requests, ``concurrency`` at a time, on the prompts of ``seed``
+    (by default :func:`level_seed` of the concurrency)."""
+    queue = list(enumerate(prompts(n_requests, seed=level_seed(concurrency) if seed is None else seed)))
     ttfts, itls, tokens, errors = [], [], 0, 0
 
     async def worker():

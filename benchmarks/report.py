@@ -323,6 +323,7 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     described = (f"`serve_config.yaml` as `make serve` runs it (with `configs/serving.env`, under SCHED_BATCH), model "
                  f"{part.get('model')} in {part.get('dtype')}, {'and' if order else 'then'} vLLM's own OpenAI server on the "
                  "same folder, dtype and engine arguments; same load as above.")
+    interleaved = part.get("interleaved")
     if (chat.get("settings") or {}).get("warm_level"):
         described += (f" Each server, freshly started, first ran one untimed level at c={max(chat['settings']['levels'])} "
                       "(a fresh server's first wide level runs 17-22% below its later ones, BENCHMARKS.md session 14).")
@@ -335,7 +336,19 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     if part.get("vllm_server_batch"):
         described += (" vLLM's server ran as its users start it, and again under SCHED_BATCH (`chrt --batch 0`), "
                       "as `make serve` starts Ray: the like-for-like pair.")
-    if order:
+    if order and interleaved:
+        rounds = part.get("rounds") or 1
+        pattern = order[: len(order) // rounds]
+        named = ", ".join(_PATH_LABELS[o] for o in pattern)
+        described += (" Every path was started, warmed and frozen once, and all stayed up: each visit thawed one path "
+                      "(SIGCONT to every process of its tree), ran the levels on it and froze it again (SIGSTOP), so the "
+                      "measured path had the machine to itself and the visits of different paths were seconds apart. "
+                      f"Visits in this order, {rounds} time{'s' if rounds > 1 else ''}: {named}. The \"mean\" rows (and "
+                      "the target) average a path's visits; the numbered rows are the visits, by their place in the order.")
+        described += (" **A Serve replica was replaced during the visits** (a health check timed out across a freeze?): "
+                      "see the app's log." if part.get("replicas_replaced") else
+                      " The app's Serve replicas were the same processes after the visits as before them.")
+    elif order:
         named = ", ".join(_PATH_LABELS[o] for o in order)
         described += (f" Each path ran twice, each time freshly started, in this order: {named}. The \"mean\" rows (and "
                       "the target) average a path's runs; the numbered rows are the runs, by their place in the order.")
@@ -345,22 +358,28 @@ def render_default_config(results: dict, before: dict | None = None) -> list[str
     mean = " (mean)" if order else ""
     runs = [(f"{_PATH_LABELS[path]}{mean}", _default_levels(chat, path)) for path in _PATH_LABELS
             if path != "vllm_server_batch" or part.get(path)]
+    means = len(runs)
     if order:
-        runs += [(f"{_PATH_LABELS[path]}, run {position}", levels) for position, path, levels in _default_sequence(part)]
-    if before:
-        runs += [(f"before the fast path ({before.get('dtype')}): graph", _default_levels({"default_config": before}, "graph")),
-                 (f"before the fast path ({before.get('dtype')}): vLLM's own server", _default_levels({"default_config": before}, "vllm_server"))]
+        visit = "visit" if interleaved else "run"
+        runs += [(f"{_PATH_LABELS[path]}, {visit} {position}", levels) for position, path, levels in _default_sequence(part)]
+    earlier = [(f"before the fast path ({before.get('dtype')}): graph", _default_levels({"default_config": before}, "graph")),
+               (f"before the fast path ({before.get('dtype')}): vLLM's own server", _default_levels({"default_config": before}, "vllm_server"))
+               ] if before else []
+    runs += earlier
     rows = [row for label, levels in runs for row in _chat_rows(label, levels)]
     lines += table(["path", "concurrency", "output tok/s", "TTFT p50 (s)", "TTFT p99 (s)", "ITL p50 (ms)", "ITL p99 (ms)", "errors"], rows)
+    # an interleaved run's visits are too many columns: its CPU tables show each path's mean, and
+    # a frozen path's hops there show what it spent while frozen (nothing, if it was)
+    columns = runs[:means] + earlier if interleaved else runs
     for c in sorted({r["concurrency"] for r in runs[0][1]}):
         lines += ["", f"CPU per request on each hop at c={c}:", ""]
-        lines += hop_table([(label, _by_c(levels).get(c)) for label, levels in runs])
+        lines += hop_table([(label, _by_c(levels).get(c)) for label, levels in columns])
     starts = [f"{label} {p['start_to_healthy_s']} s" for label, p in (("the default config", part.get("graph") or {}),
                                                                        ("vLLM's own server", part.get("vllm_server") or {}),
                                                                        ("vLLM's own server under SCHED_BATCH", part.get("vllm_server_batch") or {}))
               if p.get("start_to_healthy_s") is not None]
     if starts:
-        which = " (the mean of each path's starts)" if order else ""
+        which = " (the mean of each path's starts)" if order and not interleaved else ""
         lines += ["", f"Start to healthy in this run{which}: " + "; ".join(starts) + "."]
     return lines
 

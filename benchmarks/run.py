@@ -125,7 +125,7 @@ def run_chat(todo: list[str], store: Store, args, logs: Path) -> None:
                       whole=all(t in todo for t in PARTS["chat"]))
     path = resolve(chat.SOURCE, chat.DTYPE)
     steps = {
-        "chat-default": ("default_config", lambda: chat.bench_default(s, logs)),
+        "chat-default": ("default_config", lambda: chat.bench_default(s, logs, args.rounds or chat.DEFAULT_ROUNDS)),
         "chat-graph": ("graph", lambda: chat.bench_graph(s, logs)),
         "chat-server": ("vllm_server", lambda: chat.bench_vllm_server(s, path, logs)),
         "chat-inprocess": ("inprocess", lambda: chat.bench_inprocess(s, logs)),
@@ -223,11 +223,13 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", help="chat concurrency levels (default 1 8 32 64)")
     parser.add_argument("--requests-per-level", type=int, help="chat requests per level, at least the concurrency (default 32)")
     parser.add_argument("--max-tokens", type=int, help="new tokens per chat request (default 64)")
+    parser.add_argument("--rounds", type=int, help="chat-default: how many times its paths take turns in their order (default 2; 1 with --quick)")
     parser.add_argument("--report-only", action="store_true", help="re-render the report from the stored results")
     args = parser.parse_args()
     args.levels = args.levels or ([1, 8] if args.quick else [1, 8, 32, 64])
     args.requests_per_level = args.requests_per_level or (8 if args.quick else 32)
     args.max_tokens = args.max_tokens or (16 if args.quick else 64)
+    args.rounds = args.rounds or (1 if args.quick else None)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out_dir = RESULTS / "quick" if args.quick else RESULTS

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from deployments import procfs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +54,57 @@ def stop_group(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
         proc.wait(timeout=30)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process below it, from the parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for pid in procfs.pids():
+        if (p := procfs.read(pid)) is not None:
+            children.setdefault(p.ppid, []).append(pid)
+    out, stack = [root], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _signal_tree(root: int, sig: int) -> list[int]:
+    pids = process_tree(root)
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def _wait_until(pids: list[int], stopped: bool, timeout: float = 10.0) -> None:
+    """Signals arrive asynchronously: wait until every process of ``pids`` still there is
+    stopped (state T), or none is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = [p.state for pid in pids if (p := procfs.read(pid)) is not None and p.state != "Z"]
+        if all((state == "T") == stopped for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes did not {'stop' if stopped else 'continue'} within {timeout} s: {states}")
+        time.sleep(0.005)
+
+
+def freeze(root: int) -> None:
+    """Stop (SIGSTOP) ``root`` and every process below it, and return once they all are: a
+    frozen server spends no CPU and keeps its state, its sockets and its memory until
+    :func:`thaw`. The tree is walked twice: a process started between the first walk and its
+    parent's stop is caught by the second."""
+    _signal_tree(root, signal.SIGSTOP)
+    _wait_until(_signal_tree(root, signal.SIGSTOP), stopped=True)
+
+
+def thaw(root: int) -> None:
+    """Continue (SIGCONT) ``root`` and every process below it, and return once they all run."""
+    _wait_until(_signal_tree(root, signal.SIGCONT), stopped=False)
 
 
 def result_line(args: list[str], name: str, timeout: float, log: Path | None = None) -> dict:
