@@ -261,13 +261,13 @@ def bench_default(s: ChatSettings, logs: Path, rounds: int = DEFAULT_ROUNDS) -> 
             frozen.add(which)
         replicas = _replicas(servers["graph"].root)
         runs: dict[str, list[dict]] = {p: [] for p in pattern}
+        no_warm_level = replace(s, warm_level=False)  # each path was warmed at its start
         for position, which in enumerate(order, 1):
             server = servers[which]
             thaw(server.root)
             frozen.discard(which)
             time.sleep(SETTLE_S)
             label = f"{which} (visit {position} of {len(order)})"
-            no_warm_level = replace(s, warm_level=False)  # warmed at the start
             levels = asyncio.run(measured_levels(server.base_url, server.model, no_warm_level, label, visit=position))
             runs[which].append({"position": position, server.model: levels})
             freeze(server.root)

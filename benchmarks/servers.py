@@ -57,17 +57,9 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def process_tree(root: int) -> list[int]:
-    """``root`` and every process below it, from the parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for pid in procfs.pids():
-        if (p := procfs.read(pid)) is not None:
-            children.setdefault(p.ppid, []).append(pid)
-    out, stack = [root], [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
+    """``root``, then every process below it, from the parent links in /proc."""
+    kids = procfs.children(p for pid in procfs.pids() if (p := procfs.read(pid)) is not None)
+    return [root, *sorted(procfs.subtree(kids, [root]) - {root})]
 
 
 def _signal_tree(root: int, sig: int) -> list[int]:

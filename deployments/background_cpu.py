@@ -64,30 +64,18 @@ def off_path_processes(raylet_pid: int, proc: Path = Path("/proc")) -> list[int]
     if session is None:
         return []
     table = {pid: p for pid in procfs.pids(proc) if (p := _live(procfs.read(pid, proc)))}
-    children: dict[int, list[int]] = {}
-    for pid, p in table.items():
-        children.setdefault(p.ppid, []).append(pid)
-
-    def subtree(roots) -> set[int]:
-        seen, stack = set(roots), list(roots)
-        while stack:
-            for child in children.get(stack.pop(), []):
-                if child not in seen:
-                    seen.add(child)
-                    stack.append(child)
-        return seen
+    children = procfs.children(table.values())
 
     # the raylet's own tree (its workers, and what they start) is on the path, but for the
     # agents and Serve's controller; a worker not yet named may name the session
-    raylet_tree = subtree([raylet_pid])
+    raylet_tree = procfs.subtree(children, [raylet_pid])
     agents = [pid for pid in children.get(raylet_pid, []) if table[pid].cmdline.startswith(OFF_PATH_WORKERS)]
     named = [
         pid
         for pid, p in table.items()
         if pid not in raylet_tree and (session + " " in p.cmdline + " " or session + "/" in p.cmdline)
     ]
-    chosen = subtree(agents + named)
-    return sorted(chosen)
+    return sorted(procfs.subtree(children, agents + named))
 
 
 def to_idle(pids: list[int], proc: Path = Path("/proc")) -> int:

@@ -8,6 +8,7 @@ benchmarks to count the CPU each hop spends (``benchmarks/procstat.py``). Fields
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -44,3 +45,23 @@ def read(pid: int | str, proc: Path = PROC) -> Process | None:
 def pids(proc: Path = PROC) -> list[int]:
     """Every process id ``proc`` lists now."""
     return [int(entry.name) for entry in proc.iterdir() if entry.name.isdigit()]
+
+
+def children(processes: Iterable[Process]) -> dict[int, list[int]]:
+    """Parent pid -> the pids of its children, among ``processes``."""
+    out: dict[int, list[int]] = {}
+    for p in processes:
+        out.setdefault(p.ppid, []).append(p.pid)
+    return out
+
+
+def subtree(kids: dict[int, list[int]], roots: Iterable[int]) -> set[int]:
+    """``roots`` and every process below them, by the parent links of :func:`children`."""
+    seen = set(roots)
+    stack = list(seen)
+    while stack:
+        for child in kids.get(stack.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
